@@ -1,0 +1,158 @@
+package v1alpha1
+
+import (
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Reasons of a TokenIssuer's Ready condition.
+const (
+	ReasonReady                 = "Ready"
+	ReasonSigningKeyNotFound    = "SigningKeyNotFound"
+	ReasonSigningKeyNotReady    = "SigningKeyNotReady"
+	ReasonUsersSecretNotFound   = "UsersSecretNotFound"
+	ReasonClientsSecretNotFound = "ClientsSecretNotFound"
+)
+
+// TokenIssuerSpec defines an issuer of access and refresh tokens.
+// +kubebuilder:validation:XValidation:rule="duration(self.refreshTokenLifetime) > duration(self.accessTokenLifetime)",message="refreshTokenLifetime must be longer than accessTokenLifetime"
+// +kubebuilder:validation:XValidation:rule="duration(self.leeway) < duration(self.accessTokenLifetime)",message="leeway must be shorter than accessTokenLifetime"
+type TokenIssuerSpec struct {
+	// issuer is the URL used as the "iss" claim and as the base of discovery. When unset, the
+	// issuer service uses {public URL}/{namespace}/{name}.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=512
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() in ['https', 'http'] && url(self).getHostname() != ''",message="issuer must be an http or https URL with a host"
+	// +kubebuilder:validation:XValidation:rule="!self.contains('?') && !self.contains('#')",message="issuer must not have a query or fragment"
+	Issuer string `json:"issuer,omitempty"`
+
+	// audiences are the "aud" values of issued access tokens.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=256
+	Audiences []string `json:"audiences,omitempty"`
+
+	// signingKeyRef names the SigningKey, in the same namespace, whose Active key signs tokens.
+	// +required
+	SigningKeyRef LocalObjectReference `json:"signingKeyRef"`
+
+	// accessTokenLifetime is how long an access token is valid. At least 10s.
+	// +optional
+	// +kubebuilder:default="5m"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Format=duration
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10s')",message="accessTokenLifetime must be at least 10s"
+	AccessTokenLifetime metav1.Duration `json:"accessTokenLifetime,omitzero"`
+
+	// refreshTokenLifetime is how long a login session (its refresh tokens) lasts. At least 10s
+	// and longer than accessTokenLifetime.
+	// +optional
+	// +kubebuilder:default="24h"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Format=duration
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10s')",message="refreshTokenLifetime must be at least 10s"
+	RefreshTokenLifetime metav1.Duration `json:"refreshTokenLifetime,omitzero"`
+
+	// refreshTokenRotation controls whether a refresh returns a new refresh token.
+	// +optional
+	// +kubebuilder:default={}
+	RefreshTokenRotation RefreshTokenRotation `json:"refreshTokenRotation,omitzero"`
+
+	// leeway is the clock skew tolerated when checking exp, nbf and iat. Shorter than
+	// accessTokenLifetime.
+	// +optional
+	// +kubebuilder:default="30s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Format=duration
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('5m')",message="leeway must be between 0s and 5m"
+	Leeway metav1.Duration `json:"leeway,omitzero"`
+
+	// users names the Secret holding the users: data key "htpasswd" (lines "name:hash", bcrypt
+	// or argon2id) and optional data key "users.yaml" (per user: groups, claims, disabled).
+	// +required
+	Users SecretReference `json:"users"`
+
+	// clients names the Secret holding the OAuth2 clients allowed the client_credentials grant.
+	// +optional
+	Clients *SecretReference `json:"clients,omitempty"`
+
+	// extraClaims are added to every access token. Registered and keyward claim names are
+	// refused.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=32
+	// +kubebuilder:validation:XValidation:rule="self.all(k, !(k in ['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sid', 'client_id', 'scope', 'token_type', 'gen', 'groups', 'typ', 'azp', 'auth_time']))",message="extraClaims must not set registered or keyward claims"
+	ExtraClaims map[string]apiextensionsv1.JSON `json:"extraClaims,omitempty"`
+}
+
+// RefreshTokenRotation controls refresh-token rotation and reuse detection.
+type RefreshTokenRotation struct {
+	// enabled makes every refresh return a new refresh token and invalidate the old one. A
+	// replay of an invalidated refresh token after reuseGracePeriod revokes the whole session.
+	// +optional
+	// +kubebuilder:default=true
+	Enabled *bool `json:"enabled,omitempty"`
+
+	// reuseGracePeriod is how long a retry of the previous refresh token gets the same
+	// successor back instead of revoking the session (a client that lost the response).
+	// +optional
+	// +kubebuilder:default="5s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Format=duration
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('1m')",message="reuseGracePeriod must be between 0s and 1m"
+	ReuseGracePeriod metav1.Duration `json:"reuseGracePeriod,omitzero"`
+}
+
+// TokenIssuerStatus is the observed state of a TokenIssuer.
+type TokenIssuerStatus struct {
+	// conditions report Ready, with reasons such as SigningKeyNotFound and UsersSecretNotFound.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +kubebuilder:validation:MaxItems=8
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// observedGeneration is the generation last reconciled successfully.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+}
+
+// TokenIssuer issues access and refresh tokens for the users in a Secret, signed by a SigningKey.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=ti;tokiss,categories=keyward
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
+// +kubebuilder:printcolumn:name="Signing Key",type=string,JSONPath=`.spec.signingKeyRef.name`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type TokenIssuer struct {
+	metav1.TypeMeta `json:",inline"`
+	// metadata is the standard object metadata.
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitzero"`
+
+	// spec is the desired issuer.
+	// +required
+	Spec TokenIssuerSpec `json:"spec"`
+
+	// status is the observed issuer.
+	// +optional
+	Status TokenIssuerStatus `json:"status,omitzero"`
+}
+
+// TokenIssuerList is a list of TokenIssuers.
+// +kubebuilder:object:root=true
+type TokenIssuerList struct {
+	metav1.TypeMeta `json:",inline"`
+	// metadata is the standard list metadata.
+	// +optional
+	metav1.ListMeta `json:"metadata,omitzero"`
+	// items are the TokenIssuers.
+	Items []TokenIssuer `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&TokenIssuer{}, &TokenIssuerList{})
+}
