@@ -14,6 +14,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jwk"
@@ -43,10 +44,11 @@ var curves = map[keywardv1.Algorithm]elliptic.Curve{
 	keywardv1.AlgorithmES512: elliptic.P521(),
 }
 
-// JWA returns the jwx signature algorithm for alg.
+// JWA returns the jwx signature algorithm for alg, one of keywardv1.Algorithms. jwx also knows
+// algorithms keyward does not support, "none" among them; those are refused.
 func JWA(alg keywardv1.Algorithm) (jwa.SignatureAlgorithm, error) {
 	a, ok := jwa.LookupSignatureAlgorithm(string(alg))
-	if !ok {
+	if !ok || !slices.Contains(keywardv1.Algorithms, alg) {
 		return jwa.SignatureAlgorithm{}, fmt.Errorf("unsupported algorithm %q", alg)
 	}
 	return a, nil

@@ -84,7 +84,9 @@ func (p *Plan) Changed() bool { return p.Create != nil || len(p.Events) > 0 }
 // pure function: same input, same plan. Invariants of its output: at most one Active key;
 // revoked kids are gone; Retired keys past RemovesAt are gone; a successor is published for at
 // least Prepublish before it signs, except when nothing else can sign (a new SigningKey, or the
-// Active key revoked or lost), where it becomes Active at once.
+// Active key revoked or lost), where it becomes Active at once; a kid is never planned twice. A
+// revoked ImportKID is never created again, even when that leaves no Active key: the caller
+// reports the spec as unusable until it changes.
 func Decide(current []Lifecycle, p Policy, now time.Time) Plan {
 	var plan Plan
 	keys := make([]Lifecycle, 0, len(current))
@@ -94,8 +96,21 @@ func Decide(current []Lifecycle, p Policy, now time.Time) Plan {
 			plan.event(true, "KeyRevoked", "Key %s (%s) revoked and withdrawn from the published set", k.KID, k.State())
 		case k.State() == keywardv1.KeyStateRetired && k.RemovesAt != nil && !now.Before(*k.RemovesAt):
 			plan.event(false, "KeyRemoved", "Key %s removed: every token it signed has expired", k.KID)
+		case k.State() == keywardv1.KeyStateRetired && p.ImportKID != "" && k.KID == p.ImportKID:
+			// The import was switched back to a key still published as Retired: make it the
+			// successor again instead of importing it a second time under the same kid. Like
+			// any import change, it is a successor for Prepublish before it signs.
+			k.Imported, k.ActivatesAt = true, now.Add(p.Prepublish)
+			k.ActivatedAt, k.RetiredAt, k.RemovesAt = nil, nil, nil
+			plan.event(false, "KeyReinstated", "Retired key %s is the imported key again: it signs from %s", k.KID, k.ActivatesAt.UTC().Format(time.RFC3339))
+			keys = append(keys, k)
 		case k.State() == keywardv1.KeyStatePending && !p.wants(k):
 			plan.event(false, "KeyWithdrawn", "Pending key %s withdrawn: the spec no longer asks for it", k.KID)
+		case k.State() == keywardv1.KeyStatePending && k.ActivatesAt.Before(k.PublishedAt.Add(p.Prepublish)):
+			// Prepublish grew after the key was scheduled: it still waits the new Prepublish.
+			k.ActivatesAt = k.PublishedAt.Add(p.Prepublish)
+			plan.event(false, "KeyRescheduled", "Pending key %s signs from %s: prepublish is now %s", k.KID, k.ActivatesAt.UTC().Format(time.RFC3339), p.Prepublish)
+			keys = append(keys, k)
 		default:
 			keys = append(keys, k)
 		}
@@ -125,6 +140,9 @@ func Decide(current []Lifecycle, p Policy, now time.Time) Plan {
 		keys[pending].ActivatedAt = ptr(now)
 		plan.event(false, "KeyActivated", "Key %s now signs new tokens", keys[pending].KID)
 		active, pending = pending, -1
+	case p.ImportKID != "" && slices.Contains(p.Revoked, p.ImportKID):
+		// spec.import names a revoked key: importing it would publish (and maybe sign with) it
+		// again, only for the next reconcile to revoke it, forever. Create nothing.
 	case pending < 0 && active < 0:
 		create := &Lifecycle{Algorithm: p.Algorithm, Imported: p.ImportKID != "", PublishedAt: now, ActivatesAt: now, ActivatedAt: ptr(now)}
 		plan.Create = create

@@ -109,3 +109,24 @@ func (ks *KeySet) PublicJWKS() ([]byte, error) {
 	}
 	return json.Marshal(set)
 }
+
+// PublicKeysByKID reads a published JWK Set and returns each key's JSON by kid.
+func PublicKeysByKID(jwks []byte) (map[string][]byte, error) {
+	var set struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal(jwks, &set); err != nil {
+		return nil, fmt.Errorf("cannot decode JWK set: %w", err)
+	}
+	out := make(map[string][]byte, len(set.Keys))
+	for _, raw := range set.Keys {
+		var head struct {
+			KID string `json:"kid"`
+		}
+		if err := json.Unmarshal(raw, &head); err != nil || head.KID == "" {
+			continue
+		}
+		out[head.KID] = raw
+	}
+	return out, nil
+}
