@@ -42,7 +42,8 @@ build_k8s() {
   fi
   local work
   work="$(mktemp -d)"
-  trap 'rm -rf "$work"' RETURN
+  # shellcheck disable=SC2064 # expand now: $work is local and gone when the trap runs
+  trap "rm -rf '$work'" RETURN
   log "building kube-apiserver and kubectl $K8S_VERSION from the Go module proxy into $BIN_DIR"
   log "this happens once per version and takes about 15 minutes on 2 cores; later runs reuse the cache"
   (
@@ -128,6 +129,7 @@ cmd_up() {
     --service-account-key-file "$RUN_DIR/sa.key" --service-account-signing-key-file "$RUN_DIR/sa.key" \
     --service-cluster-ip-range 10.0.0.0/24 \
     --disable-admission-plugins ServiceAccount \
+    --endpoint-reconciler-type none \
     >"$RUN_DIR/kube-apiserver.log" 2>&1 &
   echo $! >"$RUN_DIR/kube-apiserver.pid"
   cat >"$RUN_DIR/kubeconfig" <<KCFG
@@ -148,6 +150,7 @@ contexts:
 current-context: local
 KCFG
   for _ in $(seq 90); do
+    if ! kill -0 "$(cat "$RUN_DIR/kube-apiserver.pid")" 2>/dev/null; then break; fi
     if "$bin/kubectl" --kubeconfig "$RUN_DIR/kubeconfig" get --raw /readyz >/dev/null 2>&1; then
       log "ready; export KUBECONFIG=$RUN_DIR/kubeconfig (kubectl is $bin/kubectl)"
       echo "$RUN_DIR/kubeconfig"
@@ -161,7 +164,7 @@ KCFG
 }
 
 cmd_down() {
-  for p in kube-apiserver etcd; do
+  for p in keyward kube-apiserver etcd; do
     if [[ -f "$RUN_DIR/$p.pid" ]]; then
       kill "$(cat "$RUN_DIR/$p.pid")" >/dev/null 2>&1 || true
       rm -f "$RUN_DIR/$p.pid"

@@ -66,7 +66,7 @@ type SigningKeySpec struct {
 
 	// rotation controls how often a new key takes over signing.
 	// +optional
-	// +kubebuilder:default={}
+	// +kubebuilder:default={every: "720h", prepublish: "10m"}
 	Rotation KeyRotation `json:"rotation,omitzero"`
 
 	// import brings an existing private key instead of generating one. An imported key is

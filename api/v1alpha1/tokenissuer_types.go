@@ -58,7 +58,7 @@ type TokenIssuerSpec struct {
 
 	// refreshTokenRotation controls whether a refresh returns a new refresh token.
 	// +optional
-	// +kubebuilder:default={}
+	// +kubebuilder:default={enabled: true, reuseGracePeriod: "5s"}
 	RefreshTokenRotation RefreshTokenRotation `json:"refreshTokenRotation,omitzero"`
 
 	// leeway is the clock skew tolerated when checking exp, nbf and iat. Shorter than
@@ -82,9 +82,26 @@ type TokenIssuerSpec struct {
 	// extraClaims are added to every access token. Registered and keyward claim names are
 	// refused.
 	// +optional
-	// +kubebuilder:validation:MaxProperties=32
-	// +kubebuilder:validation:XValidation:rule="self.all(k, !(k in ['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sid', 'client_id', 'scope', 'token_type', 'gen', 'groups', 'typ', 'azp', 'auth_time']))",message="extraClaims must not set registered or keyward claims"
-	ExtraClaims map[string]apiextensionsv1.JSON `json:"extraClaims,omitempty"`
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=32
+	ExtraClaims []ExtraClaim `json:"extraClaims,omitempty"`
+}
+
+// ExtraClaim is a claim added to every access token.
+type ExtraClaim struct {
+	// name is the claim name.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="!(self in ['iss', 'sub', 'aud', 'exp', 'nbf', 'iat', 'jti', 'sid', 'client_id', 'scope', 'token_type', 'gen', 'groups', 'email', 'typ', 'azp', 'auth_time', 'cnf', 'act'])",message="extraClaims must not set registered or keyward claims"
+	Name string `json:"name"`
+
+	// value is the claim's JSON value: a string, number, boolean, list or object.
+	// +required
+	// +kubebuilder:validation:XPreserveUnknownFields
+	// +kubebuilder:validation:Schemaless
+	Value apiextensionsv1.JSON `json:"value"`
 }
 
 // RefreshTokenRotation controls refresh-token rotation and reuse detection.

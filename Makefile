@@ -1,0 +1,93 @@
+# keyward Makefile. `make` (or `make help`) lists the targets.
+
+SHELL := /usr/bin/env bash -o pipefail
+.SHELLFLAGS := -ec
+.DEFAULT_GOAL := help
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+KEYWARD_CACHE ?= $(HOME)/.cache/keyward
+export KEYWARD_CACHE
+
+# Pinned tools, installed with `go install` into the cache (outside the checkout).
+CONTROLLER_GEN_VERSION ?= v0.23.0
+GOLANGCI_LINT_VERSION ?= v2.15.0
+TOOLS_DIR := $(KEYWARD_CACHE)/tools
+CONTROLLER_GEN := $(TOOLS_DIR)/controller-gen-$(CONTROLLER_GEN_VERSION)/controller-gen
+GOLANGCI_LINT := $(TOOLS_DIR)/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
+
+GO_TEST_FLAGS ?= -race -count=1
+
+##@ General
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) } ' $(MAKEFILE_LIST)
+
+##@ Development
+
+.PHONY: generate
+generate: $(CONTROLLER_GEN) ## Generate deepcopy code for the API types.
+	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths=./api/...
+
+.PHONY: manifests
+manifests: $(CONTROLLER_GEN) ## Generate CRDs and one ClusterRole per role (controller, issuer, validator) into config/.
+	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd/bases
+	$(CONTROLLER_GEN) rbac:roleName=keyward-controller paths=./controllers/... paths=./internal/manager/... output:rbac:stdout > config/rbac/controller_role.yaml
+	@if [ -d internal/issuer ]; then $(CONTROLLER_GEN) rbac:roleName=keyward-issuer paths=./internal/issuer/... output:rbac:stdout > config/rbac/issuer_role.yaml; fi
+	@if [ -d internal/validator ]; then $(CONTROLLER_GEN) rbac:roleName=keyward-validator paths=./internal/validator/... output:rbac:stdout > config/rbac/validator_role.yaml; fi
+
+.PHONY: fmt
+fmt: ## Run gofmt.
+	gofmt -w $$(git ls-files '*.go')
+
+.PHONY: lint
+lint: $(GOLANGCI_LINT) ## Run go vet and golangci-lint.
+	go vet ./...
+	$(GOLANGCI_LINT) run ./...
+
+.PHONY: verify
+verify: generate manifests ## Check that generated files are up to date and go.mod is tidy.
+	go mod tidy
+	@if [ -n "$$(git status --porcelain -- api config go.mod go.sum)" ]; then \
+		echo "generated files or go.mod are out of date; run 'make generate manifests' and 'go mod tidy':"; \
+		git status --porcelain -- api config go.mod go.sum; git diff --stat -- api config go.mod go.sum; exit 1; fi
+
+##@ Build
+
+.PHONY: build
+build: ## Build bin/keyward.
+	CGO_ENABLED=0 go build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/keyward ./cmd/keyward
+
+##@ Test
+
+.PHONY: control-plane
+control-plane: ## Build (once, cached) kube-apiserver, kubectl and etcd; prints their directory.
+	hack/control-plane.sh bin
+
+.PHONY: test
+test: ## Run all tests against a real kube-apiserver + etcd (envtest).
+	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh bin)" go test $(GO_TEST_FLAGS) ./...
+
+.PHONY: bench
+bench: ## Run the Go benchmarks.
+	go test -run '^$$' -bench . -benchmem ./...
+
+##@ Run
+
+.PHONY: up
+up: ## Start a local control plane (etcd + kube-apiserver on 127.0.0.1:6443).
+	hack/control-plane.sh up
+
+.PHONY: down
+down: ## Stop the local control plane.
+	hack/control-plane.sh down
+
+.PHONY: demo
+demo: build ## Run keyward's main job locally: control plane, CRDs, controller, a sample SigningKey.
+	hack/demo.sh
+
+$(CONTROLLER_GEN):
+	GOBIN=$(dir $@) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
+
+$(GOLANGCI_LINT):
+	GOBIN=$(dir $@) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)

@@ -1,0 +1,117 @@
+// Package manager builds keyward's controller manager: a cache that holds only the Secrets and
+// ConfigMaps carrying keyward's label, and the reconcilers. cmd/keyward and the controller tests
+// share it, so the tests run the controllers exactly as the binary wires them.
+package manager
+
+import (
+	"context"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	keywardv1 "github.com/keyward/keyward/api/v1alpha1"
+	"github.com/keyward/keyward/controllers"
+	"github.com/keyward/keyward/internal/scheme"
+)
+
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete
+
+// Options configure the manager.
+type Options struct {
+	// MetricsBindAddress is the address of the Prometheus metrics endpoint; "0" disables it.
+	MetricsBindAddress string
+	// HealthProbeBindAddress is the address of /healthz and /readyz; "0" disables them.
+	HealthProbeBindAddress string
+	// LeaderElection elects a leader so that only one replica reconciles at a time.
+	LeaderElection bool
+	// LeaderElectionID names the leader-election Lease.
+	LeaderElectionID string
+	// LeaderElectionNamespace is the namespace of the leader-election Lease.
+	LeaderElectionNamespace string
+	// Namespaces restricts the caches, and so the reconcilers, to these namespaces; every
+	// namespace when empty.
+	Namespaces []string
+	// SkipControllerNameValidation lets one process run several managers with the same
+	// controllers (tests that run two controller replicas side by side).
+	SkipControllerNameValidation bool
+}
+
+// New creates a manager with keyward's scheme and cache options. It registers no reconciler:
+// call SetupControllers.
+func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
+	opts := ctrl.Options{
+		Scheme:                        scheme.New(),
+		Cache:                         CacheOptions(o.Namespaces...),
+		Metrics:                       metricsserver.Options{BindAddress: o.MetricsBindAddress},
+		HealthProbeBindAddress:        o.HealthProbeBindAddress,
+		LeaderElection:                o.LeaderElection,
+		LeaderElectionID:              o.LeaderElectionID,
+		LeaderElectionNamespace:       o.LeaderElectionNamespace,
+		LeaderElectionReleaseOnCancel: true,
+	}
+	if o.SkipControllerNameValidation {
+		skip := true
+		opts.Controller = config.Controller{SkipNameValidation: &skip}
+	}
+	mgr, err := ctrl.NewManager(cfg, opts)
+	if err != nil {
+		return nil, fmt.Errorf("cannot create manager: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return nil, err
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return nil, err
+	}
+	return mgr, nil
+}
+
+// CacheOptions restrict the Secret and ConfigMap caches to objects carrying keyward's label:
+// keyward never caches every Secret in the cluster. With namespaces, every cache is restricted
+// to them.
+func CacheOptions(namespaces ...string) cache.Options {
+	req, err := labels.NewRequirement(keywardv1.LabelUse, selection.Exists, nil)
+	utilruntime.Must(err)
+	selector := labels.NewSelector().Add(*req)
+	opts := cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&corev1.Secret{}:    {Label: selector},
+		&corev1.ConfigMap{}: {Label: selector},
+	}}
+	if len(namespaces) > 0 {
+		opts.DefaultNamespaces = make(map[string]cache.Config, len(namespaces))
+		for _, ns := range namespaces {
+			opts.DefaultNamespaces[ns] = cache.Config{}
+		}
+	}
+	return opts
+}
+
+// SetupControllers registers keyward's reconcilers with the manager.
+func SetupControllers(ctx context.Context, mgr ctrl.Manager) error {
+	if err := (&controllers.SigningKeyReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorder("keyward-signingkey"),
+		Clock:     clock.RealClock{},
+	}).SetupWithManager(ctx, mgr); err != nil {
+		return fmt.Errorf("cannot set up SigningKey controller: %w", err)
+	}
+	if err := (&controllers.TokenIssuerReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+	}).SetupWithManager(ctx, mgr); err != nil {
+		return fmt.Errorf("cannot set up TokenIssuer controller: %w", err)
+	}
+	return nil
+}
