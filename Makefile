@@ -14,6 +14,8 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 TOOLS_DIR := $(KEYWARD_CACHE)/tools
 CONTROLLER_GEN := $(TOOLS_DIR)/controller-gen-$(CONTROLLER_GEN_VERSION)/controller-gen
 GOLANGCI_LINT := $(TOOLS_DIR)/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
+HELM_VERSION ?= v3.22.0
+HELM := $(TOOLS_DIR)/helm-$(HELM_VERSION)/helm
 
 GO_TEST_FLAGS ?= -race -count=1
 
@@ -31,26 +33,31 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy code for the API types.
 
 .PHONY: manifests
 manifests: $(CONTROLLER_GEN) ## Generate CRDs and one ClusterRole per role (controller, issuer, validator) into config/.
-	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd/bases
+	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd
 	$(CONTROLLER_GEN) rbac:roleName=keyward-controller paths=./controllers/... paths=./internal/manager/... output:rbac:stdout > config/rbac/controller_role.yaml
 	@if [ -d internal/issuer ]; then $(CONTROLLER_GEN) rbac:roleName=keyward-issuer paths=./internal/issuer/... output:rbac:stdout > config/rbac/issuer_role.yaml; fi
 	@if [ -d internal/validator ]; then $(CONTROLLER_GEN) rbac:roleName=keyward-validator paths=./internal/validator/... output:rbac:stdout > config/rbac/validator_role.yaml; fi
+	rm -f charts/keyward/crds/*.yaml charts/keyward/files/*_role.yaml
+	cp config/crd/*.yaml charts/keyward/crds/
+	cp config/rbac/*_role.yaml charts/keyward/files/
 
 .PHONY: fmt
 fmt: ## Run gofmt.
 	gofmt -w $$(git ls-files '*.go')
 
 .PHONY: lint
-lint: $(GOLANGCI_LINT) ## Run go vet and golangci-lint.
+lint: $(GOLANGCI_LINT) $(HELM) ## Run go vet, golangci-lint and helm lint.
 	go vet ./...
 	$(GOLANGCI_LINT) run ./...
+	$(HELM) lint --strict charts/keyward
+	$(HELM) template keyward charts/keyward --namespace keyward-system --set validator.allowHSKeys=true >/dev/null
 
 .PHONY: verify
-verify: generate manifests ## Check that generated files are up to date and go.mod is tidy.
+verify: generate manifests ## Check that generated files (deepcopy, CRDs, RBAC, chart copies) are up to date and go.mod is tidy.
 	go mod tidy
-	@if [ -n "$$(git status --porcelain -- api config go.mod go.sum)" ]; then \
+	@if [ -n "$$(git status --porcelain -- api config charts go.mod go.sum)" ]; then \
 		echo "generated files or go.mod are out of date; run 'make generate manifests' and 'go mod tidy':"; \
-		git status --porcelain -- api config go.mod go.sum; git diff --stat -- api config go.mod go.sum; exit 1; fi
+		git status --porcelain -- api config charts go.mod go.sum; git diff --stat -- api config charts go.mod go.sum; exit 1; fi
 
 ##@ Build
 
@@ -88,6 +95,9 @@ demo: build ## Run keyward's main job locally: control plane, CRDs, controller, 
 
 $(CONTROLLER_GEN):
 	GOBIN=$(dir $@) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
+
+$(HELM):
+	GOBIN=$(dir $@) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
 $(GOLANGCI_LINT):
 	GOBIN=$(dir $@) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)

@@ -69,8 +69,13 @@ func (r *SigningKeyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		r.reconcileKeySet,
 		r.reconcileJWKS,
 	} {
-		if err := phase(ctx, s); err != nil || s.blocked != nil {
+		if err := phase(ctx, s); err != nil {
 			return ctrl.Result{}, err
+		}
+		if s.blocked != nil {
+			// The conflicting object is not keyward's and may carry no keyward label, so its
+			// removal raises no event keyward sees: look again later.
+			return ctrl.Result{RequeueAfter: missingReferenceRetry}, nil
 		}
 	}
 	return ctrl.Result{RequeueAfter: s.requeueAfter()}, nil
@@ -122,15 +127,18 @@ func (r *SigningKeyReconciler) signingKeysImporting(ctx context.Context, o clien
 	return reqs
 }
 
-// requeueAfter is the delay until the next scheduled lifecycle step.
+// requeueAfter is the delay until the next scheduled lifecycle step, or until the next look
+// at an import Secret that was not found.
 func (s *signingKeyScope) requeueAfter() time.Duration {
-	if s.nextAt.IsZero() {
-		return 0
+	var d time.Duration
+	if !s.nextAt.IsZero() {
+		d = max(s.nextAt.Sub(s.now), time.Second) // never spin
 	}
-	d := s.nextAt.Sub(s.now)
-	if d < time.Second {
-		// Timestamps are stored with second precision; never spin.
-		d = time.Second
+	if s.importProblem != nil && s.importProblem.Reason == ReasonImportNotFound {
+		// An import Secret created without keyward's label raises no event keyward sees.
+		if d == 0 || d > missingReferenceRetry {
+			d = missingReferenceRetry
+		}
 	}
 	return d
 }

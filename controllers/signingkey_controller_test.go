@@ -21,11 +21,14 @@ import (
 	"github.com/lestrrat-go/jwx/v3/jws"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	keywardv1 "github.com/keyward/keyward/api/v1alpha1"
 	"github.com/keyward/keyward/controllers"
+	"github.com/keyward/keyward/internal/keys"
 )
 
 // TestSigningKeyAlgorithms runs first and alone (it is not parallel with the other tests): its
@@ -187,10 +190,7 @@ func TestSigningKeyRotation(t *testing.T) {
 	deadline := time.Now().Add(walkTimeout)
 	observations := 0
 	for {
-		snap, err := takeSnapshot(ctxFor(t), ns, "rotating")
-		if err != nil {
-			t.Fatal(err)
-		}
+		snap := observe(t, ns, "rotating")
 		observations++
 		published, err := publishedKIDs(snap.jwks)
 		if err != nil {
@@ -205,6 +205,9 @@ func TestSigningKeyRotation(t *testing.T) {
 		if len(statusActive) != 1 || len(statusPending) > 1 || snap.sk.Status.ActiveKeyID != statusActive[0] {
 			t.Fatalf("at %s status has Active %v, Pending %v and activeKeyID %q, want one Active named by activeKeyID and at most one Pending",
 				snap.start.Format(time.StampMilli), statusActive, statusPending, snap.sk.Status.ActiveKeyID)
+		}
+		if err := stillReady(snap); err != nil {
+			t.Fatalf("at %s %v", snap.start.Format(time.StampMilli), err)
 		}
 		token, err := signWith(snap.storedKey(active[0]))
 		if err != nil {
@@ -311,12 +314,25 @@ func TestSigningKeyRotation(t *testing.T) {
 	t.Logf("%d observations; Active keys in turn: %v", observations, activeOrder)
 }
 
+// stillReady checks that a SigningKey that was Ready still is: rotations, and the conflicts a
+// racing writer causes, never make it unready.
+func stillReady(s *snapshot) error {
+	c, err := readyCondition(s.sk.Status.Conditions)
+	if err != nil {
+		return err
+	}
+	if c.Status != metav1.ConditionTrue {
+		return fmt.Errorf("the SigningKey is no longer Ready: %s: %s", c.Reason, c.Message)
+	}
+	return nil
+}
+
 // waitKeySet polls the SigningKey's Secret, JWKS and status until check passes.
 func waitKeySet(t *testing.T, ns, name string, timeout time.Duration, check func(s *snapshot, published []string) error) *snapshot {
 	t.Helper()
 	var last *snapshot
-	eventually(t, timeout, func() error {
-		s, err := takeSnapshot(ctxFor(t), ns, name)
+	eventually(t, timeout, func(ctx context.Context) error {
+		s, err := takeSnapshot(ctx, ns, name)
 		if err != nil {
 			return err
 		}
@@ -505,9 +521,9 @@ func TestSigningKeySecretRegenerated(t *testing.T) {
 		t.Errorf("the new Active key: %v", err)
 	}
 
-	eventually(t, 30*time.Second, func() error {
+	eventually(t, 30*time.Second, func(ctx context.Context) error {
 		var events eventsv1.EventList
-		if err := k8s.List(ctxFor(t), &events, client.InNamespace(ns)); err != nil {
+		if err := k8s.List(ctx, &events, client.InNamespace(ns)); err != nil {
 			return err
 		}
 		var reasons []string
@@ -520,6 +536,42 @@ func TestSigningKeySecretRegenerated(t *testing.T) {
 		}
 		return fmt.Errorf("no Warning SecretRegenerated event for the SigningKey; events: %v", reasons)
 	})
+}
+
+// TestSigningKeyOwnedObjectsRelabelled removes keyward's label from the key-set Secret and the
+// JWKS ConfigMap. The label-restricted cache then no longer sees them; the controller must find
+// them on the API server and label them again, keeping the keys, not regenerate them.
+func TestSigningKeyOwnedObjectsRelabelled(t *testing.T) {
+	t.Parallel()
+	ns := newNamespace(t)
+	create(t, newSigningKey(ns, "relabel", keywardv1.AlgorithmES256, time.Hour, 5*time.Second))
+	before := waitSigningKeyReady(t, ns, "relabel", time.Minute)
+
+	unlabel := func(obj client.Object) {
+		update(t, obj, func(o client.Object) {
+			labels := o.GetLabels()
+			delete(labels, keywardv1.LabelUse)
+			o.SetLabels(labels)
+		})
+	}
+	unlabel(before.secret.DeepCopy())
+	unlabel(before.cm.DeepCopy())
+
+	after := waitKeySet(t, ns, "relabel", 15*time.Second, func(s *snapshot, _ []string) error {
+		if s.secret.Labels[keywardv1.LabelUse] != keywardv1.UseSigningKey || s.cm.Labels[keywardv1.LabelUse] != keywardv1.UseJWKS {
+			return fmt.Errorf("labels are Secret %v, ConfigMap %v: not restored yet", s.secret.Labels, s.cm.Labels)
+		}
+		return nil
+	})
+	if after.secret.UID != before.secret.UID || !bytes.Equal(after.secret.Data[keywardv1.KeySetDataKey], before.secret.Data[keywardv1.KeySetDataKey]) {
+		t.Error("the key-set Secret was replaced or its key set changed")
+	}
+	if after.cm.UID != before.cm.UID || !bytes.Equal(after.jwks, before.jwks) {
+		t.Error("the JWKS ConfigMap was replaced or its JWKS changed")
+	}
+	if err := stillReady(after); err != nil {
+		t.Error(err)
+	}
 }
 
 // importSecret returns a Secret holding key as PKCS#8 PEM under key.pem, without keyward's label.
@@ -560,9 +612,9 @@ func thumbprint(t *testing.T, pub crypto.PublicKey) string {
 
 func waitLabelledReferenced(t *testing.T, ns, name string) {
 	t.Helper()
-	eventually(t, 20*time.Second, func() error {
+	eventually(t, 20*time.Second, func(ctx context.Context) error {
 		var s corev1.Secret
-		if err := k8s.Get(ctxFor(t), client.ObjectKey{Namespace: ns, Name: name}, &s); err != nil {
+		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &s); err != nil {
 			return err
 		}
 		if got := s.Labels[keywardv1.LabelUse]; got != keywardv1.UseReferenced {
@@ -610,6 +662,44 @@ func TestSigningKeyImport(t *testing.T) {
 		waitLabelledReferenced(t, ns, "imported")
 	})
 
+	t.Run("revoking the imported Active key withdraws it at once", func(t *testing.T) {
+		t.Parallel()
+		ns := newNamespace(t)
+		key := ecKey(t, elliptic.P256())
+		create(t, importSecret(t, ns, "compromised", key))
+		create(t, withImport(newSigningKey(ns, "import", keywardv1.AlgorithmES256, 720*time.Hour, 10*time.Minute), "compromised"))
+		kid := waitSigningKeyReady(t, ns, "import", time.Minute).sk.Status.ActiveKeyID
+
+		update(t, &keywardv1.SigningKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "import"}}, func(sk *keywardv1.SigningKey) {
+			sk.Spec.RevokedKeyIDs = append(sk.Spec.RevokedKeyIDs, kid)
+		})
+		waitKeySet(t, ns, "import", 3*time.Second, func(s *snapshot, published []string) error {
+			if err := withdrawn(s, published, kid); err != nil {
+				return err
+			}
+			if s.sk.Status.ActiveKeyID != "" {
+				return fmt.Errorf("status names Active key %q, want none: the import is revoked", s.sk.Status.ActiveKeyID)
+			}
+			return nil
+		})
+		waitSigningKeyCondition(t, ns, "import", metav1.ConditionFalse, controllers.ReasonImportInvalid, 10*time.Second)
+	})
+
+	t.Run("an import Secret created after its SigningKey is found", func(t *testing.T) {
+		t.Parallel()
+		ns := newNamespace(t)
+		create(t, withImport(newSigningKey(ns, "import", keywardv1.AlgorithmES256, 720*time.Hour, 10*time.Minute), "later"))
+		waitSigningKeyCondition(t, ns, "import", metav1.ConditionFalse, controllers.ReasonImportNotFound, 30*time.Second)
+
+		// Created as users create it: without keyward's label, so no watch event reaches keyward.
+		key := ecKey(t, elliptic.P256())
+		create(t, importSecret(t, ns, "later", key))
+		snap := waitSigningKeyReady(t, ns, "import", missingSecretRetry)
+		if want := thumbprint(t, &key.PublicKey); snap.sk.Status.ActiveKeyID != want {
+			t.Errorf("Active kid = %s, want the imported key's thumbprint %s", snap.sk.Status.ActiveKeyID, want)
+		}
+	})
+
 	t.Run("a P-384 key imported by an ES256 SigningKey is refused until it is replaced", func(t *testing.T) {
 		t.Parallel()
 		ns := newNamespace(t)
@@ -636,11 +726,16 @@ func TestSigningKeyImport(t *testing.T) {
 	})
 }
 
-// TestTwoManagers runs a second manager, with leader election off, next to the suite's: both
-// reconcile the same SigningKey through a rotation. Their writes are conditioned on
-// resourceVersion, so at every observation the key set and status hold one Active key and at
-// most one Pending key, the Active key never goes back to an earlier one, and no published key
-// is lost to a racing write.
+// TestTwoManagers runs a second manager, with leader election off, next to the suite's (the
+// second one's caches see only the test's namespace): both reconcile the same SigningKey
+// through a rotation (every 1m, prepublish 5s) for about 90s. Their writes are conditioned on
+// resourceVersion, so of two racing writes one fails instead of overwriting the other.
+//
+// Polling every 250ms cannot see a write that was overwritten milliseconds later, so the test
+// also watches the key-set Secret and the SigningKey and checks every version the API server
+// stored: one Active key and at most one Pending key in each; every step between two Secret
+// versions one the lifecycle allows (a Pending key is never replaced or dropped, an Active key
+// only retires); status never reports a key the Secret did not hold, and never loses Ready.
 func TestTwoManagers(t *testing.T) {
 	t.Parallel()
 	const watchFor = 90 * time.Second
@@ -659,56 +754,126 @@ func TestTwoManagers(t *testing.T) {
 		}
 	})
 
-	create(t, newSigningKey(ns, "contended", keywardv1.AlgorithmES256, time.Minute, 5*time.Second))
-	waitSigningKeyReady(t, ns, "contended", 30*time.Second)
+	wc, err := client.NewWithWatch(env.Config, client.Options{Scheme: k8s.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Resource version "0" starts the watches from the API server's watch cache as it is: a
+	// watch without one waits for the cache to catch up with etcd, which etcd 3.4 cannot
+	// signal, and times out. Nothing exists yet, so no version is missed.
+	fromCache := &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: "0"}}
+	secretVersions, err := wc.Watch(t.Context(), &corev1.SecretList{}, fromCache, client.InNamespace(ns),
+		client.MatchingFields{"metadata.name": "contended-keyset"})
+	if err != nil {
+		t.Fatalf("cannot watch the key-set Secret: %v", err)
+	}
+	defer secretVersions.Stop()
+	skVersions, err := wc.Watch(t.Context(), &keywardv1.SigningKeyList{}, fromCache, client.InNamespace(ns),
+		client.MatchingFields{"metadata.name": "contended"})
+	if err != nil {
+		t.Fatalf("cannot watch the SigningKey: %v", err)
+	}
+	defer skVersions.Stop()
 
-	var activeOrder []string
-	lastPending := ""
+	create(t, newSigningKey(ns, "contended", keywardv1.AlgorithmES256, time.Minute, 5*time.Second))
+
+	var (
+		stored      map[string]keywardv1.KeyState // key states in the last Secret version
+		activeOrder []string
+		wasReady    bool
+		versions    int
+		// Every kid/state pair status reports must be one a Secret version held.
+		inSecret, inStatus = map[string]bool{}, map[string]bool{}
+	)
+	onSecret := func(e watch.Event) {
+		secret, ok := e.Object.(*corev1.Secret)
+		if !ok || (e.Type != watch.Added && e.Type != watch.Modified) {
+			t.Fatalf("unexpected watch event on the key-set Secret: %s %v", e.Type, e.Object)
+		}
+		versions++
+		ks, err := keys.ParseKeySet(secret.Data[keywardv1.KeySetDataKey])
+		if err != nil {
+			t.Fatalf("Secret version %s: %v", secret.ResourceVersion, err)
+		}
+		next := map[string]keywardv1.KeyState{}
+		for _, k := range ks.Keys {
+			next[k.KID] = k.State()
+			inSecret[k.KID+"/"+string(k.State())] = true
+		}
+		if err := lifecycleStep(stored, next); err != nil {
+			t.Fatalf("Secret version %s: %v (before: %v, after: %v)", secret.ResourceVersion, err, stored, next)
+		}
+		stored = next
+		if a := ks.Active(); len(activeOrder) == 0 || activeOrder[len(activeOrder)-1] != a.KID {
+			activeOrder = append(activeOrder, a.KID)
+		}
+	}
+	onSigningKey := func(e watch.Event) {
+		sk, ok := e.Object.(*keywardv1.SigningKey)
+		if !ok || (e.Type != watch.Added && e.Type != watch.Modified) {
+			t.Fatalf("unexpected watch event on the SigningKey: %s %v", e.Type, e.Object)
+		}
+		versions++
+		active, pending := 0, 0
+		for _, k := range sk.Status.Keys {
+			inStatus[k.KID+"/"+string(k.State)] = true
+			switch k.State {
+			case keywardv1.KeyStateActive:
+				active++
+				if sk.Status.ActiveKeyID != k.KID {
+					t.Fatalf("SigningKey version %s: activeKeyID %q, but %s is Active", sk.ResourceVersion, sk.Status.ActiveKeyID, k.KID)
+				}
+			case keywardv1.KeyStatePending:
+				pending++
+			}
+		}
+		if active > 1 || pending > 1 {
+			t.Fatalf("SigningKey version %s: status has %d Active and %d Pending keys: %+v", sk.ResourceVersion, active, pending, sk.Status.Keys)
+		}
+		c := meta.FindStatusCondition(sk.Status.Conditions, keywardv1.ConditionReady)
+		switch {
+		case c != nil && c.Status == metav1.ConditionTrue:
+			wasReady = true
+		case wasReady:
+			t.Fatalf("SigningKey version %s: no longer Ready: %+v", sk.ResourceVersion, c)
+		}
+	}
+	drain := func() {
+		for {
+			select {
+			case e, ok := <-secretVersions.ResultChan():
+				if !ok {
+					t.Fatal("the watch on the key-set Secret ended")
+				}
+				onSecret(e)
+			case e, ok := <-skVersions.ResultChan():
+				if !ok {
+					t.Fatal("the watch on the SigningKey ended")
+				}
+				onSigningKey(e)
+			default:
+				return
+			}
+		}
+	}
+
+	waitSigningKeyReady(t, ns, "contended", 30*time.Second)
 	end := time.Now().Add(watchFor)
 	for time.Now().Before(end) {
-		snap, err := takeSnapshot(ctxFor(t), ns, "contended")
-		if err != nil {
-			t.Fatal(err)
-		}
-		at := snap.start.Format(time.StampMilli)
-		active, pending := snap.secretKeys(keywardv1.KeyStateActive), snap.secretKeys(keywardv1.KeyStatePending)
-		if len(active) != 1 || len(pending) > 1 {
-			t.Fatalf("at %s the key set has Active %v and Pending %v", at, active, pending)
-		}
-		statusActive, statusPending := snap.statusKeys(keywardv1.KeyStateActive), snap.statusKeys(keywardv1.KeyStatePending)
-		if len(statusActive) != 1 || len(statusPending) > 1 || snap.sk.Status.ActiveKeyID != statusActive[0] {
-			t.Fatalf("at %s status has Active %v, Pending %v and activeKeyID %q", at, statusActive, statusPending, snap.sk.Status.ActiveKeyID)
-		}
-		// A Pending key either stays Pending or becomes the next Active key: a Pending key
-		// replaced or dropped means one manager overwrote the other's key set.
-		if len(activeOrder) == 0 || activeOrder[len(activeOrder)-1] != active[0] {
-			if slices.Contains(activeOrder, active[0]) {
-				t.Fatalf("at %s key %s is Active again after %v", at, active[0], activeOrder)
-			}
-			if len(activeOrder) > 0 && active[0] != lastPending {
-				t.Fatalf("at %s key %s became Active, want the Pending key %q", at, active[0], lastPending)
-			}
-			activeOrder = append(activeOrder, active[0])
-			lastPending = ""
-		}
-		switch {
-		case lastPending != "" && len(pending) == 0:
-			t.Fatalf("at %s Pending key %s vanished without becoming Active: a racing write was lost", at, lastPending)
-		case lastPending != "" && pending[0] != lastPending:
-			t.Fatalf("at %s Pending key %s replaced Pending key %s: a racing write was lost", at, pending[0], lastPending)
-		case len(pending) == 1:
-			lastPending = pending[0]
-		}
-		published, err := publishedKIDs(snap.jwks)
-		if err != nil {
-			t.Fatal(err)
+		drain()
+		// At every observed moment, a token signed by the stored Active key verifies against
+		// the JWKS as published.
+		snap := observe(t, ns, "contended")
+		active := snap.secretKeys(keywardv1.KeyStateActive)
+		if len(active) != 1 {
+			t.Fatalf("at %s the key set has Active %v", snap.start.Format(time.StampMilli), active)
 		}
 		token, err := signWith(snap.storedKey(active[0]))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := verifyWith(token, snap.jwks); err != nil {
-			t.Fatalf("at %s a token signed by the Active key %s: %v (published: %v)", at, active[0], err, published)
+			t.Fatalf("at %s a token signed by the Active key %s: %v", snap.start.Format(time.StampMilli), active[0], err)
 		}
 		select {
 		case <-time.After(pollInterval):
@@ -716,8 +881,50 @@ func TestTwoManagers(t *testing.T) {
 			t.Fatal(t.Context().Err())
 		}
 	}
+	drain()
+
 	if len(activeOrder) < 2 {
 		t.Fatalf("saw Active keys %v: no rotation happened while both managers ran", activeOrder)
 	}
-	t.Logf("Active keys in turn: %v", activeOrder)
+	for pair := range inStatus {
+		if !inSecret[pair] {
+			t.Errorf("status reported key %s, which no version of the key-set Secret held", pair)
+		}
+	}
+	t.Logf("%d versions checked; Active keys in turn: %v", versions, activeOrder)
+}
+
+// lifecycleStep checks one step between two versions of a key set that only rotates (no spec
+// change, retention far longer than the test): each version has exactly one Active key and at
+// most one Pending key; a Pending key stays Pending or becomes Active; the Active key stays
+// Active or retires; a Retired key stays; a new key is Pending, or Active when it is the first.
+func lifecycleStep(prev, next map[string]keywardv1.KeyState) error {
+	count := map[keywardv1.KeyState]int{}
+	for _, st := range next {
+		count[st]++
+	}
+	if count[keywardv1.KeyStateActive] != 1 || count[keywardv1.KeyStatePending] > 1 {
+		return fmt.Errorf("%d Active and %d Pending keys", count[keywardv1.KeyStateActive], count[keywardv1.KeyStatePending])
+	}
+	allowed := map[keywardv1.KeyState][]keywardv1.KeyState{
+		keywardv1.KeyStatePending: {keywardv1.KeyStatePending, keywardv1.KeyStateActive},
+		keywardv1.KeyStateActive:  {keywardv1.KeyStateActive, keywardv1.KeyStateRetired},
+		keywardv1.KeyStateRetired: {keywardv1.KeyStateRetired},
+	}
+	for kid, st := range prev {
+		nst, ok := next[kid]
+		if !ok {
+			return fmt.Errorf("%s key %s was dropped", st, kid)
+		}
+		if !slices.Contains(allowed[st], nst) {
+			return fmt.Errorf("%s key %s became %s", st, kid, nst)
+		}
+	}
+	for kid, st := range next {
+		if _, ok := prev[kid]; ok || st == keywardv1.KeyStatePending || (st == keywardv1.KeyStateActive && len(prev) == 0) {
+			continue
+		}
+		return fmt.Errorf("key %s appeared as %s", kid, st)
+	}
+	return nil
 }

@@ -3,7 +3,10 @@ package controllers
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -43,12 +46,35 @@ type signingKeyScope struct {
 	// importRaw and importKID are the imported key, when spec.import is set and valid.
 	importRaw any
 	importKID string
-	retention time.Duration
-	keySet    *keys.KeySet
-	nextAt    time.Time
+	// importProblem, when set, says why spec.import cannot be used; it is reported as
+	// Ready=False. The key set is then held (see holdImport), not left alone: revoked and
+	// expired keys are still withdrawn.
+	importProblem *metav1.Condition
+	retention     time.Duration
+	// keySet is the key set as stored in the Secret (nil until it is known to be stored), and
+	// secretRV the resourceVersion of the Secret that holds it.
+	keySet   *keys.KeySet
+	secretRV string
+	nextAt   time.Time
 
 	// blocked, when set, stops the phases and is reported as Ready=False.
 	blocked *metav1.Condition
+}
+
+// heldImportKID stands for an import that cannot be used. It is no thumbprint (those are
+// base64url), so no key has it.
+const heldImportKID = "(import unavailable)"
+
+// holdImport records why spec.import cannot be used. The key set is held: Decide is told the
+// import is revoked, so it creates and promotes nothing, keeps the Active key, and still
+// withdraws revoked keys and Retired keys past their removesAt. Stopping all phases instead
+// would leave a revoked key published and signing while the import is broken.
+func (s *signingKeyScope) holdImport(reason, format string, args ...any) {
+	s.importKID = heldImportKID
+	s.importProblem = &metav1.Condition{
+		Type: keywardv1.ConditionReady, Status: metav1.ConditionFalse,
+		Reason: reason, Message: fmt.Sprintf(format, args...),
+	}
 }
 
 func (s *signingKeyScope) block(reason, format string, args ...any) {
@@ -73,7 +99,7 @@ func (r *SigningKeyReconciler) reconcileImport(ctx context.Context, s *signingKe
 	}
 	secret, err := getReferencedSecret(ctx, r.Client, r.APIReader, s.sk.Namespace, imp.SecretRef.Name)
 	if apierrors.IsNotFound(err) {
-		s.block(ReasonImportNotFound, "Secret %q named by spec.import was not found", imp.SecretRef.Name)
+		s.holdImport(ReasonImportNotFound, "Secret %q named by spec.import was not found", imp.SecretRef.Name)
 		return nil
 	}
 	if err != nil {
@@ -81,19 +107,18 @@ func (r *SigningKeyReconciler) reconcileImport(ctx context.Context, s *signingKe
 	}
 	raw, err := keys.ParseImport(s.sk.Spec.Algorithm, secret.Data)
 	if err != nil {
-		s.block(ReasonImportInvalid, "Secret %q named by spec.import: %v", imp.SecretRef.Name, err)
+		s.holdImport(ReasonImportInvalid, "Secret %q named by spec.import: %v", imp.SecretRef.Name, err)
 		return nil
 	}
 	stored, err := keys.NewStoredKey(keys.Lifecycle{Algorithm: s.sk.Spec.Algorithm}, raw)
 	if err != nil {
-		s.block(ReasonImportInvalid, "Secret %q named by spec.import: %v", imp.SecretRef.Name, err)
+		s.holdImport(ReasonImportInvalid, "Secret %q named by spec.import: %v", imp.SecretRef.Name, err)
 		return nil
 	}
-	for _, revoked := range s.sk.Spec.RevokedKeyIDs {
-		if revoked == stored.KID {
-			s.block(ReasonImportInvalid, "the key in Secret %q has kid %s, which spec.revokedKeyIDs revokes", imp.SecretRef.Name, stored.KID)
-			return nil
-		}
+	if slices.Contains(s.sk.Spec.RevokedKeyIDs, stored.KID) {
+		// Decide withdraws the revoked key at once and imports nothing in its place.
+		s.holdImport(ReasonImportInvalid, "the key in Secret %q has kid %s, which spec.revokedKeyIDs revokes", imp.SecretRef.Name, stored.KID)
+		return nil
 	}
 	s.importRaw, s.importKID = raw, stored.KID
 	return nil
@@ -130,7 +155,7 @@ func Retention(issuers []keywardv1.TokenIssuer) time.Duration {
 func (r *SigningKeyReconciler) reconcileKeySet(ctx context.Context, s *signingKeyScope) error {
 	log := ctrl.LoggerFrom(ctx)
 	secret := &corev1.Secret{}
-	err := r.Get(ctx, client.ObjectKey{Namespace: s.sk.Namespace, Name: SecretName(s.sk)}, secret)
+	err := r.getOwned(ctx, client.ObjectKey{Namespace: s.sk.Namespace, Name: SecretName(s.sk)}, secret)
 	var (
 		current   *keys.KeySet
 		recovered bool
@@ -159,12 +184,17 @@ func (r *SigningKeyReconciler) reconcileKeySet(ctx context.Context, s *signingKe
 		}
 	}
 
+	revoked := s.sk.Spec.RevokedKeyIDs
+	if s.importProblem != nil {
+		// A held import: see holdImport.
+		revoked = append(slices.Clone(revoked), heldImportKID)
+	}
 	plan := keys.Decide(current.Lifecycles(), keys.Policy{
 		Algorithm:  s.sk.Spec.Algorithm,
 		Every:      s.sk.Spec.Rotation.Every.Duration,
 		Prepublish: s.sk.Spec.Rotation.Prepublish.Duration + PublishAllowance,
 		Retention:  s.retention,
-		Revoked:    s.sk.Spec.RevokedKeyIDs,
+		Revoked:    revoked,
 		ImportKID:  s.importKID,
 	}, s.now)
 
@@ -172,8 +202,12 @@ func (r *SigningKeyReconciler) reconcileKeySet(ctx context.Context, s *signingKe
 	if err != nil {
 		return err
 	}
-	s.keySet, s.nextAt = next, plan.NextAt
-	if secret != nil && !plan.Changed() && !recovered {
+	switch {
+	case secret == nil && len(next.Keys) == 0 && !recovered:
+		// Nothing to store: a new SigningKey whose import cannot be used yet.
+		return nil
+	case secret != nil && !plan.Changed() && !recovered && hasLabels(secret, managedLabels(s.sk, keywardv1.UseSigningKey)):
+		s.keySet, s.secretRV, s.nextAt = next, secret.ResourceVersion, plan.NextAt
 		return nil
 	}
 
@@ -194,13 +228,16 @@ func (r *SigningKeyReconciler) reconcileKeySet(ctx context.Context, s *signingKe
 		}
 	} else {
 		secret.Data = map[string][]byte{keywardv1.KeySetDataKey: data}
-		secret.Labels = managedLabels(s.sk, keywardv1.UseSigningKey)
+		secret.Labels = withLabels(secret.Labels, managedLabels(s.sk, keywardv1.UseSigningKey))
 		// Update carries the resourceVersion read above: a concurrent writer makes this fail
 		// with a conflict, and the next reconcile decides again from the winner's key set.
 		if err := r.Update(ctx, secret); err != nil {
 			return fmt.Errorf("cannot update key-set secret: %w", err)
 		}
 	}
+	// Only a stored key set is reported in status and published: a write that failed (a racing
+	// writer won) leaves both alone.
+	s.keySet, s.secretRV, s.nextAt = next, secret.ResourceVersion, plan.NextAt
 	if recovered {
 		r.Recorder.Eventf(s.sk, nil, corev1.EventTypeWarning, "SecretRegenerated", "Regenerate",
 			"Key-set Secret %s was missing or damaged and has been regenerated; keys it held can no longer sign", secret.Name)
@@ -243,8 +280,10 @@ func (s *signingKeyScope) applyPlan(current *keys.KeySet, plan *keys.Plan) (*key
 		return nil, err
 	}
 	if _, exists := byKID[created.KID]; exists {
-		// Only an import can collide: the same key imported again after it was retired.
-		s.block(ReasonImportInvalid, "the imported key %s was already used by this SigningKey; import a new key", created.KID)
+		// Only an import can collide: the same key imported again after it was retired. The
+		// rest of the plan (revocations, removals) still applies.
+		s.importProblem = &metav1.Condition{Type: keywardv1.ConditionReady, Status: metav1.ConditionFalse, Reason: ReasonImportInvalid,
+			Message: fmt.Sprintf("the imported key %s was already used by this SigningKey; import a new key", created.KID)}
 		plan.Create = nil
 		return next, nil
 	}
@@ -263,7 +302,7 @@ func (r *SigningKeyReconciler) recoverKeySet(ctx context.Context, s *signingKeyS
 	}
 	published := map[string][]byte{}
 	cm := &corev1.ConfigMap{}
-	err := r.Get(ctx, client.ObjectKey{Namespace: s.sk.Namespace, Name: JWKSConfigMapName(s.sk)}, cm)
+	err := r.getOwned(ctx, client.ObjectKey{Namespace: s.sk.Namespace, Name: JWKSConfigMapName(s.sk)}, cm)
 	switch {
 	case err == nil && metav1.IsControlledBy(cm, s.sk):
 		published, err = keys.PublicKeysByKID([]byte(cm.Data[keywardv1.JWKSDataKey]))
@@ -297,14 +336,21 @@ func (r *SigningKeyReconciler) recoverKeySet(ctx context.Context, s *signingKeyS
 
 // reconcileJWKS publishes the public keys of the key set in the JWKS ConfigMap.
 func (r *SigningKeyReconciler) reconcileJWKS(ctx context.Context, s *signingKeyScope) error {
+	if s.keySet == nil {
+		// No key set is stored yet (an import that cannot be used): nothing to publish.
+		return nil
+	}
 	jwks, err := s.keySet.PublicJWKS()
 	if err != nil {
 		return err
 	}
 	cm := &corev1.ConfigMap{}
-	err = r.Get(ctx, client.ObjectKey{Namespace: s.sk.Namespace, Name: JWKSConfigMapName(s.sk)}, cm)
+	err = r.getOwned(ctx, client.ObjectKey{Namespace: s.sk.Namespace, Name: JWKSConfigMapName(s.sk)}, cm)
 	switch {
 	case apierrors.IsNotFound(err):
+		if err := r.keySetCurrent(ctx, s); err != nil {
+			return err
+		}
 		cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: s.sk.Namespace, Name: JWKSConfigMapName(s.sk),
 			Labels: managedLabels(s.sk, keywardv1.UseJWKS)}}
 		cm.Data = map[string]string{keywardv1.JWKSDataKey: string(jwks)}
@@ -320,15 +366,71 @@ func (r *SigningKeyReconciler) reconcileJWKS(ctx context.Context, s *signingKeyS
 	case !metav1.IsControlledBy(cm, s.sk):
 		s.block(ReasonConfigMapConflict, "ConfigMap %q exists and is not owned by this SigningKey", cm.Name)
 		return nil
-	case bytes.Equal([]byte(cm.Data[keywardv1.JWKSDataKey]), jwks) && cm.Labels[keywardv1.LabelUse] == keywardv1.UseJWKS:
+	case bytes.Equal([]byte(cm.Data[keywardv1.JWKSDataKey]), jwks) && hasLabels(cm, managedLabels(s.sk, keywardv1.UseJWKS)):
 		return nil
 	}
+	if err := r.keySetCurrent(ctx, s); err != nil {
+		return err
+	}
 	cm.Data = map[string]string{keywardv1.JWKSDataKey: string(jwks)}
-	cm.Labels = managedLabels(s.sk, keywardv1.UseJWKS)
+	cm.Labels = withLabels(cm.Labels, managedLabels(s.sk, keywardv1.UseJWKS))
 	if err := r.Update(ctx, cm); err != nil {
 		return fmt.Errorf("cannot update JWKS configmap: %w", err)
 	}
 	return nil
+}
+
+// keySetCurrent confirms, just before the JWKS is written, that the key set it is derived from
+// is still the stored one. The ConfigMap write is conditioned on the ConfigMap's own
+// resourceVersion only; without this check a reconcile working from a stale cached Secret (or
+// a second replica that lost a race) would publish an older key set over a newer one,
+// re-publishing a revoked key or dropping a Pending one. It returns a conflict, like a lost
+// write, when the key set changed.
+func (r *SigningKeyReconciler) keySetCurrent(ctx context.Context, s *signingKeyScope) error {
+	live := &corev1.Secret{}
+	err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: s.sk.Namespace, Name: SecretName(s.sk)}, live)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("cannot get key-set secret: %w", err)
+	}
+	if err != nil || live.ResourceVersion != s.secretRV {
+		return apierrors.NewConflict(corev1.Resource("secrets"), SecretName(s.sk),
+			errors.New("the key set changed since it was read; the JWKS will be published from the new one"))
+	}
+	return nil
+}
+
+// getOwned reads a Secret or ConfigMap the SigningKey owns. The cache holds only objects
+// labelled keyward.dev/use and can lag behind writes; on a cache miss the API server is asked,
+// so that an owned object the cache has not seen yet, or that lost its label, is updated (and
+// relabelled) instead of being created again, which would fail with AlreadyExists on every
+// retry.
+func (r *SigningKeyReconciler) getOwned(ctx context.Context, key client.ObjectKey, obj client.Object) error {
+	err := r.Get(ctx, key, obj)
+	if !apierrors.IsNotFound(err) {
+		return err
+	}
+	return r.APIReader.Get(ctx, key, obj)
+}
+
+// hasLabels reports whether obj carries every label of want.
+func hasLabels(obj client.Object, want map[string]string) bool {
+	got := obj.GetLabels()
+	for k, v := range want {
+		if got[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// withLabels returns labels with want set, keeping labels others put on the object.
+func withLabels(labels, want map[string]string) map[string]string {
+	out := maps.Clone(labels)
+	if out == nil {
+		out = map[string]string{}
+	}
+	maps.Copy(out, want)
+	return out
 }
 
 // managedLabels are the labels of a Secret or ConfigMap keyward owns.

@@ -21,6 +21,11 @@ import (
 // controller with a stale view (a second replica racing) gets a conflict instead of
 // overwriting a newer status.
 func (r *SigningKeyReconciler) patchStatus(ctx context.Context, before *keywardv1.SigningKey, s *signingKeyScope, reconcileErr error) error {
+	if apierrors.IsConflict(reconcileErr) || apierrors.IsAlreadyExists(reconcileErr) {
+		// Another writer got there first: this reconcile worked from a stale view, so it
+		// reports nothing (not even Ready=False); the retry decides again from fresh data.
+		return reconcileErr
+	}
 	sk := s.sk
 	if s.keySet != nil {
 		sk.Status.Keys = keyStatuses(s.keySet)
@@ -51,6 +56,8 @@ func readyCondition(s *signingKeyScope, reconcileErr error) metav1.Condition {
 	switch {
 	case s.blocked != nil:
 		return *s.blocked
+	case s.importProblem != nil:
+		return *s.importProblem
 	case reconcileErr != nil:
 		return metav1.Condition{Type: keywardv1.ConditionReady, Status: metav1.ConditionFalse,
 			Reason: "ReconcileError", Message: reconcileErr.Error()}

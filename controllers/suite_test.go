@@ -120,12 +120,21 @@ func startManager(ctx context.Context, namespaces ...string) (stop func() error,
 	}, nil
 }
 
+// callTimeout bounds one API call, or one attempt of eventually.
+const callTimeout = 20 * time.Second
+
 // eventually calls f until it returns nil, failing the test with f's last error after timeout.
-func eventually(t *testing.T, timeout time.Duration, f func() error) {
+// Each attempt gets its own context, cancelled when the attempt ends.
+func eventually(t *testing.T, timeout time.Duration, f func(ctx context.Context) error) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
+	attempt := func() error {
+		ctx, cancel := context.WithTimeout(t.Context(), callTimeout)
+		defer cancel()
+		return f(ctx)
+	}
 	for {
-		err := f()
+		err := attempt()
 		if err == nil {
 			return
 		}
@@ -140,12 +149,24 @@ func eventually(t *testing.T, timeout time.Duration, f func() error) {
 	}
 }
 
-// ctxFor is a context for one API call.
+// ctxFor is a context for one API call outside a polling loop.
 func ctxFor(t *testing.T) context.Context {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), callTimeout)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// observe takes one snapshot in a polling loop, with its own bounded context.
+func observe(t *testing.T, ns, name string) *snapshot {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), callTimeout)
+	defer cancel()
+	s, err := takeSnapshot(ctx, ns, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 // newNamespace creates a namespace for one test. envtest runs no namespace or garbage
@@ -203,12 +224,12 @@ func createTokenIssuer(t *testing.T, ns, name string, spec map[string]any) {
 // update applies mutate to the latest version of obj and writes it, retrying on conflicts.
 func update[T client.Object](t *testing.T, obj T, mutate func(T)) {
 	t.Helper()
-	eventually(t, 20*time.Second, func() error {
-		if err := k8s.Get(ctxFor(t), client.ObjectKeyFromObject(obj), obj); err != nil {
+	eventually(t, 20*time.Second, func(ctx context.Context) error {
+		if err := k8s.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
 			return err
 		}
 		mutate(obj)
-		return k8s.Update(ctxFor(t), obj)
+		return k8s.Update(ctx, obj)
 	})
 }
 
@@ -373,8 +394,8 @@ func readyCondition(conditions []metav1.Condition) (*metav1.Condition, error) {
 func waitSigningKeyReady(t *testing.T, ns, name string, timeout time.Duration) *snapshot {
 	t.Helper()
 	var snap *snapshot
-	eventually(t, timeout, func() error {
-		s, err := takeSnapshot(ctxFor(t), ns, name)
+	eventually(t, timeout, func(ctx context.Context) error {
+		s, err := takeSnapshot(ctx, ns, name)
 		if err != nil {
 			return err
 		}
@@ -394,13 +415,13 @@ func waitSigningKeyReady(t *testing.T, ns, name string, timeout time.Duration) *
 	return snap
 }
 
-// signingKeyCondition waits until the SigningKey's Ready condition has the given status and
+// waitSigningKeyCondition waits until the SigningKey's Ready condition has the given status and
 // reason.
 func waitSigningKeyCondition(t *testing.T, ns, name string, status metav1.ConditionStatus, reason string, timeout time.Duration) *keywardv1.SigningKey {
 	t.Helper()
 	sk := &keywardv1.SigningKey{}
-	eventually(t, timeout, func() error {
-		if err := k8s.Get(ctxFor(t), client.ObjectKey{Namespace: ns, Name: name}, sk); err != nil {
+	eventually(t, timeout, func(ctx context.Context) error {
+		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, sk); err != nil {
 			return err
 		}
 		c, err := readyCondition(sk.Status.Conditions)

@@ -1,6 +1,7 @@
 package controllers_test
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -29,8 +30,8 @@ func usersSecret(ns, name string, data map[string][]byte) *corev1.Secret {
 func waitTokenIssuer(t *testing.T, ns, name string, status metav1.ConditionStatus, reason string, timeout time.Duration) *keywardv1.TokenIssuer {
 	t.Helper()
 	ti := &keywardv1.TokenIssuer{}
-	eventually(t, timeout, func() error {
-		if err := k8s.Get(ctxFor(t), client.ObjectKey{Namespace: ns, Name: name}, ti); err != nil {
+	eventually(t, timeout, func(ctx context.Context) error {
+		if err := k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, ti); err != nil {
 			return err
 		}
 		c, err := readyCondition(ti.Status.Conditions)
@@ -65,10 +66,25 @@ func TestTokenIssuerReadiness(t *testing.T) {
 	}
 	waitLabelledReferenced(t, ns, "users")
 
+	// Once labelled, the users Secret is watched: deleting it, then creating it again, is seen
+	// at once, well before the periodic re-check.
+	users := &corev1.Secret{}
+	if err := k8s.Get(ctxFor(t), client.ObjectKey{Namespace: ns, Name: "users"}, users); err != nil {
+		t.Fatal(err)
+	}
+	if err := k8s.Delete(ctxFor(t), users); err != nil {
+		t.Fatalf("cannot delete the users Secret: %v", err)
+	}
+	waitTokenIssuer(t, ns, "issuer", metav1.ConditionFalse, keywardv1.ReasonUsersSecretNotFound, 10*time.Second)
+	labelled := usersSecret(ns, "users", map[string][]byte{controllers.UsersDataKey: []byte(htpasswd)})
+	labelled.Labels = map[string]string{keywardv1.LabelUse: keywardv1.UseReferenced}
+	create(t, labelled)
+	waitTokenIssuer(t, ns, "issuer", metav1.ConditionTrue, keywardv1.ReasonReady, 10*time.Second)
+
 	if err := k8s.Delete(ctxFor(t), sk); err != nil {
 		t.Fatalf("cannot delete the SigningKey: %v", err)
 	}
-	waitTokenIssuer(t, ns, "issuer", metav1.ConditionFalse, keywardv1.ReasonSigningKeyNotFound, 20*time.Second)
+	waitTokenIssuer(t, ns, "issuer", metav1.ConditionFalse, keywardv1.ReasonSigningKeyNotFound, 10*time.Second)
 }
 
 func TestTokenIssuerReferences(t *testing.T) {

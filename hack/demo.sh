@@ -16,7 +16,7 @@ export PATH="$BIN:$PATH"
 export KUBECONFIG="$(hack/control-plane.sh up)"
 
 log "installing CRDs"
-kubectl apply --server-side -f config/crd/bases >/dev/null
+kubectl apply --server-side -f config/crd >/dev/null
 kubectl wait --for condition=established --timeout=60s crd --all >/dev/null
 
 log "starting keyward controller (log: $RUN_DIR/keyward.log)"

@@ -139,7 +139,6 @@ func Decide(current []Lifecycle, p Policy, now time.Time) Plan {
 		}
 		keys[pending].ActivatedAt = ptr(now)
 		plan.event(false, "KeyActivated", "Key %s now signs new tokens", keys[pending].KID)
-		active, pending = pending, -1
 	case p.ImportKID != "" && slices.Contains(p.Revoked, p.ImportKID):
 		// spec.import names a revoked key: importing it would publish (and maybe sign with) it
 		// again, only for the next reconcile to revoke it, forever. Create nothing.

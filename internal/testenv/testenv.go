@@ -30,7 +30,7 @@ func RepoRoot() string {
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
-// Start starts etcd and kube-apiserver and installs the CRDs from config/crd/bases. It fails
+// Start starts etcd and kube-apiserver and installs the CRDs from config/crd. It fails
 // when KUBEBUILDER_ASSETS is not set: tests against the API server never silently skip.
 func Start() (*Env, error) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
@@ -38,7 +38,7 @@ func Start() (*Env, error) {
 			"or export KUBEBUILDER_ASSETS=$(hack/control-plane.sh bin)")
 	}
 	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
+		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd")},
 		ErrorIfCRDPathMissing: true,
 		Scheme:                scheme.New(),
 	}

@@ -57,7 +57,7 @@ func checkVerifyKey(spec algSpec, key any) error {
 	switch spec.family {
 	case familyECDSA:
 		pub, ok := key.(*ecdsa.PublicKey)
-		if !ok || pub == nil || pub.Curve == nil || pub.Curve.Params() != spec.curve.Params() {
+		if !ok || pub == nil || pub.Curve == nil || pub.Params() != spec.curve.Params() {
 			return refuse(ReasonBadKey, "key is not an ECDSA public key on the algorithm's curve")
 		}
 	case familyRSA, familyPSS:
