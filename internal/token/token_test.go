@@ -1269,3 +1269,37 @@ func BenchmarkSignES256(b *testing.B) {
 		}
 	})
 }
+
+func TestValidateExternalAccess(t *testing.T) {
+	tests := []struct {
+		name   string
+		typ    string
+		claims func(*Claims)
+		want   Reason
+	}{
+		{"a keyward access token is valid", TypeAccess, nil, ""},
+		{"a token without typ and token_type is valid", "", func(c *Claims) { c.TokenType = "" }, ""},
+		{"a token with typ JWT is valid", "JWT", func(c *Claims) { c.TokenType = "" }, ""},
+		{"a token with typ application/at+jwt is valid", "application/at+jwt", nil, ""},
+		{"a token without jti is valid", "", func(c *Claims) { c.ID = "" }, ""},
+		{"a refresh typ is refused", TypeRefresh, func(c *Claims) { c.TokenType = "" }, ReasonWrongType},
+		{"a refresh token_type is refused", "", func(c *Claims) { c.TokenType = TokenTypeRefresh }, ReasonWrongType},
+		{"an id_token-like typ is refused", "id+jwt", nil, ReasonWrongType},
+		{"a token without sub is still refused", "", func(c *Claims) { c.Subject = "" }, ReasonMissingClaim},
+		{"another issuer is still refused", "", func(c *Claims) { c.Issuer = "https://evil.example" }, ReasonBadIssuer},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := accessClaims()
+			if tt.claims != nil {
+				tt.claims(c)
+			}
+			e := expect(TokenTypeAccess)
+			e.Type = TypeExternalAccess
+			tok := &Token{header: Header{Alg: keywardv1.AlgorithmES256, KID: "k", Typ: tt.typ}, Claims: *c}
+			if got := ReasonOf(Validate(tok, e)); got != tt.want {
+				t.Fatalf("reason = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

@@ -22,6 +22,13 @@ type Expect struct {
 	Leeway time.Duration
 }
 
+// TypeExternalAccess is an Expect.Type for access tokens of external (third-party) issuers,
+// which need not follow keyward's conventions: the header typ may be absent, "JWT" or
+// "at+jwt", token_type may be absent or "access", and jti is optional. A token that says it is
+// a refresh token (typ rt+jwt or token_type refresh) still fails. Never use it for keyward's
+// own issuers.
+const TypeExternalAccess = "external-access"
+
 // Validate checks a token's header typ and claims against e, after Verify: the kind of token
 // (header typ and token_type both, so that a refresh token is never accepted as an access
 // token and the reverse), iss, aud, exp (required), nbf and iat (not in the future), and the
@@ -30,21 +37,30 @@ type Expect struct {
 // The header typ is compared as RFC 7515 4.1.9 and RFC 9068 4 describe: case-insensitively,
 // with or without the "application/" prefix.
 func Validate(t *Token, e Expect) error {
+	c := &t.Claims
 	var typ string
 	switch e.Type {
 	case TokenTypeAccess:
 		typ = TypeAccess
 	case TokenTypeRefresh:
 		typ = TypeRefresh
+	case TypeExternalAccess:
+		if h := t.header.Typ; h != "" && !typeMatches(h, "jwt") && !typeMatches(h, TypeAccess) {
+			return refuse(ReasonWrongType, "header typ is not JWT or at+jwt")
+		}
+		if c.TokenType != "" && c.TokenType != TokenTypeAccess {
+			return refuse(ReasonWrongType, "token_type is not access")
+		}
 	default:
 		return refuse(ReasonWrongType, "expected token type is neither access nor refresh")
 	}
-	if !typeMatches(t.header.Typ, typ) {
-		return refuse(ReasonWrongType, "header typ is not the expected type")
-	}
-	c := &t.Claims
-	if c.TokenType != e.Type {
-		return refuse(ReasonWrongType, "token_type is not the expected type")
+	if typ != "" {
+		if !typeMatches(t.header.Typ, typ) {
+			return refuse(ReasonWrongType, "header typ is not the expected type")
+		}
+		if c.TokenType != e.Type {
+			return refuse(ReasonWrongType, "token_type is not the expected type")
+		}
 	}
 	if e.Issuer == "" || c.Issuer != e.Issuer {
 		return refuse(ReasonBadIssuer, "iss is not the expected issuer")
@@ -68,7 +84,7 @@ func Validate(t *Token, e Expect) error {
 		return refuse(ReasonNotYetValid, "iat is in the future")
 	case c.Subject == "":
 		return refuse(ReasonMissingClaim, "sub is missing")
-	case c.ID == "":
+	case c.ID == "" && e.Type != TypeExternalAccess:
 		return refuse(ReasonMissingClaim, "jti is missing")
 	}
 	return nil

@@ -1,0 +1,58 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/keyward/keyward/internal/validator"
+)
+
+// validatorFlags are the flags of the validator role. --public-url is shared with the issuer
+// role (issuerFlags): both must compute the same iss.
+type validatorFlags struct {
+	authzAddr      string
+	grpcAddr       string
+	trustedProxies string
+	allowUnmatched bool
+	allowHSKeys    bool
+	namespaces     string
+}
+
+func (f *validatorFlags) bind(fs *flag.FlagSet) {
+	fs.StringVar(&f.authzAddr, "authz-addr", validator.DefaultAuthzAddr, "Address of the HTTP forward-auth endpoint, path /authz; empty disables it.")
+	fs.StringVar(&f.grpcAddr, "authz-grpc-addr", validator.DefaultGRPCAddr, "Address of the Envoy ext_authz v3 gRPC service and gRPC health; empty disables it.")
+	fs.StringVar(&f.trustedProxies, "trusted-proxies", "127.0.0.0/8,::1/128", "Comma-separated CIDRs of the proxies whose X-Forwarded-* and X-Original-* headers are trusted; empty trusts none.")
+	fs.BoolVar(&f.allowUnmatched, "allow-unmatched", false, "Allow requests to hosts no AccessPolicy names; denied by default.")
+	fs.BoolVar(&f.allowHSKeys, "allow-hs-keys", false, "Read SigningKey key-set Secrets to validate HS256/384/512 tokens; needs Secret read permission.")
+	fs.StringVar(&f.namespaces, "watch-namespaces", "", "Comma-separated namespaces to watch; all when empty.")
+}
+
+// options returns the validator.Options the flags describe.
+func (f *validatorFlags) options(publicURL string) (validator.Options, error) {
+	o := validator.Options{
+		AuthzAddr:      f.authzAddr,
+		GRPCAddr:       f.grpcAddr,
+		PublicURL:      publicURL,
+		AllowUnmatched: f.allowUnmatched,
+		AllowHSKeys:    f.allowHSKeys,
+		TrustedProxies: []netip.Prefix{},
+	}
+	for _, s := range strings.Split(f.trustedProxies, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return o, fmt.Errorf("invalid --trusted-proxies entry %q: %w", s, err)
+		}
+		o.TrustedProxies = append(o.TrustedProxies, p.Masked())
+	}
+	for _, ns := range strings.Split(f.namespaces, ",") {
+		if ns = strings.TrimSpace(ns); ns != "" {
+			o.Namespaces = append(o.Namespaces, ns)
+		}
+	}
+	return o, nil
+}

@@ -1,0 +1,273 @@
+// Package validator is keyward's external authorization service: the decision core (Check),
+// its HTTP forward-auth and Envoy gRPC front ends, and the observers that fill the in-memory
+// state the core reads. Nothing on the request path calls the Kubernetes API.
+package validator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/cluster"
+
+	keywardv1 "github.com/keyward/keyward/api/v1alpha1"
+)
+
+// Defaults of Options.
+const (
+	DefaultAuthzAddr     = ":8081"
+	DefaultGRPCAddr      = ":9001"
+	DefaultPublicURL     = "http://localhost:8080"
+	DefaultCacheSize     = 100_000
+	DefaultSweepInterval = 30 * time.Second
+)
+
+// DefaultTrustedProxies are loopback only: a proxy in the same pod (or on the same host).
+var DefaultTrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+
+// Options configure the validator.
+type Options struct {
+	// AuthzAddr is the HTTP forward-auth address (path prefix /authz); empty disables it.
+	AuthzAddr string
+	// GRPCAddr is the Envoy ext_authz v3 gRPC address; empty disables it.
+	GRPCAddr string
+	// PublicURL is the base of the iss of TokenIssuers without spec.issuer:
+	// {PublicURL}/{namespace}/{name}. It must equal the issuer role's.
+	PublicURL string
+	// TrustedProxies are the callers whose X-Forwarded-* and X-Original-* headers describe
+	// the original request. Nil means DefaultTrustedProxies; empty trusts none.
+	TrustedProxies []netip.Prefix
+	// AllowUnmatched lets through requests to hosts no AccessPolicy names. Denied otherwise.
+	AllowUnmatched bool
+	// AllowHSKeys reads SigningKeys' key-set Secrets (starting a Secret informer, which needs
+	// Secret read permission) to validate HS256/384/512 tokens. Off: such tokens are denied.
+	AllowHSKeys bool
+	// Namespaces restricts the watches to these namespaces; every namespace when empty.
+	Namespaces []string
+	// CacheSize bounds the verified-token cache (entries); DefaultCacheSize when zero.
+	CacheSize int
+	// MaxTokenLen caps the token size; token.DefaultMaxLen when zero.
+	MaxTokenLen int
+	// ExternalRefreshInterval is how often external issuers' JWKS are refetched (5m when zero);
+	// ExternalMinInterval how soon an unknown kid may trigger another fetch (10s when zero).
+	ExternalRefreshInterval time.Duration
+	ExternalMinInterval     time.Duration
+	// Clock is the decision clock; the real clock when nil.
+	Clock clock.PassiveClock
+	// OnListening, if set, is called with each server's bound address ("http" or "grpc"),
+	// for tests binding port 0.
+	OnListening func(protocol string, addr net.Addr)
+}
+
+func (o *Options) defaults() {
+	if o.PublicURL == "" {
+		o.PublicURL = DefaultPublicURL
+	}
+	if o.TrustedProxies == nil {
+		o.TrustedProxies = DefaultTrustedProxies
+	}
+	if o.CacheSize <= 0 {
+		o.CacheSize = DefaultCacheSize
+	}
+	if o.ExternalRefreshInterval <= 0 {
+		o.ExternalRefreshInterval = defaultRefreshEvery
+	}
+	if o.ExternalMinInterval <= 0 {
+		o.ExternalMinInterval = defaultUnknownKIDWait
+	}
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
+	}
+}
+
+// Validator is a decision core with its state. Setup wires one to a manager; tests and
+// benchmarks may build one with New and feed its state directly.
+type Validator struct {
+	*Checker
+	store *store
+	ready atomic.Bool
+	opts  Options
+}
+
+// New builds a validator whose state is empty until fed. Its snapshots are rebuilt
+// synchronously until Run starts the rebuild loop.
+func New(o Options, log logr.Logger) *Validator {
+	o.defaults()
+	m := defaultMetrics()
+	c := newTokenCache(o.CacheSize)
+	newExt := func(spec *externalSpec) *externalIssuer {
+		e := newExternalIssuer(spec, o.Clock, o.ExternalMinInterval, log, m)
+		e.refresh(true)
+		return e
+	}
+	st := newStore(o.PublicURL, o.AllowHSKeys, c, log, newExt)
+	v := &Validator{store: st, opts: o}
+	v.Checker = &Checker{store: st, cache: c, clock: o.Clock, allowUnmatched: o.AllowUnmatched,
+		allowHS: o.AllowHSKeys, maxTokenLen: o.MaxTokenLen, metrics: m, log: log, ready: &v.ready}
+	v.ready.Store(true)
+	return v
+}
+
+// Setup adds the validator to a manager: its own informer cache (AccessPolicies,
+// TokenIssuers, JWKS ConfigMaps, revoked Sessions as metadata; key-set Secrets only with
+// AllowHSKeys), the HTTP and gRPC servers, and the loops that keep its state. Every part runs
+// on every replica (no leader election). The servers deny everything until the informers
+// have synced.
+func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
+	log := ctrl.Log.WithName("validator")
+	v := New(o, log)
+	v.ready.Store(false)
+	o = v.opts
+
+	cl, err := cluster.New(mgr.GetConfig(), func(co *cluster.Options) {
+		co.Scheme = mgr.GetScheme()
+		co.Logger = log
+		co.Cache = cacheOptions(o)
+	})
+	if err != nil {
+		return fmt.Errorf("cannot create validator cache: %w", err)
+	}
+	obs := &observer{store: v.store, log: log, tombstones: make(chan sessionTombstone, 4096)}
+	if err := obs.watch(ctx, cl, o.AllowHSKeys); err != nil {
+		return err
+	}
+	v.store.kick = make(chan struct{}, 1)
+	runnables := []runnableFunc{
+		func(ctx context.Context) error { return v.rebuildLoop(ctx, obs) },
+		func(ctx context.Context) error { return v.janitor(ctx, obs) },
+	}
+	if err := mgr.Add(cl); err != nil {
+		return fmt.Errorf("cannot add validator cache: %w", err)
+	}
+	for _, r := range runnables {
+		if err := mgr.Add(r); err != nil {
+			return fmt.Errorf("cannot add validator loop: %w", err)
+		}
+	}
+	listening := func(proto string) func(net.Addr) {
+		return func(a net.Addr) {
+			if o.OnListening != nil {
+				o.OnListening(proto, a)
+			}
+		}
+	}
+	if o.AuthzAddr != "" {
+		h := &httpHandler{checker: v.Checker, trusted: o.TrustedProxies, log: log}
+		if err := mgr.Add(&httpServer{addr: o.AuthzAddr, handler: h, log: log, ready: listening("http")}); err != nil {
+			return fmt.Errorf("cannot add HTTP forward auth server: %w", err)
+		}
+	}
+	if o.GRPCAddr != "" {
+		if err := mgr.Add(&grpcServer{addr: o.GRPCAddr, checker: v.Checker, log: log, ready: listening("grpc")}); err != nil {
+			return fmt.Errorf("cannot add gRPC authorization server: %w", err)
+		}
+	}
+	if err := mgr.AddReadyzCheck("validator", func(*http.Request) error {
+		if !v.ready.Load() {
+			return errors.New("validator state not synced yet")
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("cannot add validator readiness check: %w", err)
+	}
+	return nil
+}
+
+// cacheOptions select what the validator caches: revoked Sessions only, JWKS ConfigMaps
+// only, key-set Secrets only (and only when asked for).
+func cacheOptions(o Options) cache.Options {
+	session := &metav1.PartialObjectMetadata{}
+	session.SetGroupVersionKind(sessionGVK)
+	byObject := map[client.Object]cache.ByObject{
+		&corev1.ConfigMap{}: {Label: labels.SelectorFromSet(labels.Set{keywardv1.LabelUse: keywardv1.UseJWKS})},
+		session:             {Label: labels.SelectorFromSet(labels.Set{keywardv1.LabelRevoked: "true"})},
+	}
+	if o.AllowHSKeys {
+		byObject[&corev1.Secret{}] = cache.ByObject{Label: labels.SelectorFromSet(labels.Set{keywardv1.LabelUse: keywardv1.UseSigningKey})}
+	}
+	opts := cache.Options{ByObject: byObject, DefaultTransform: cache.TransformStripManagedFields()}
+	if len(o.Namespaces) > 0 {
+		opts.DefaultNamespaces = map[string]cache.Config{}
+		for _, ns := range o.Namespaces {
+			opts.DefaultNamespaces[ns] = cache.Config{}
+		}
+	}
+	return opts
+}
+
+// runnableFunc is a manager runnable that runs on every replica.
+type runnableFunc func(context.Context) error
+
+func (f runnableFunc) Start(ctx context.Context) error { return f(ctx) }
+func (f runnableFunc) NeedLeaderElection() bool        { return false }
+
+// rebuildLoop publishes a snapshot after each burst of changes, and marks the validator
+// ready once every informer has delivered its initial list.
+func (v *Validator) rebuildLoop(ctx context.Context, obs *observer) error {
+	v.store.rebuild()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-v.store.kick:
+			v.store.rebuild()
+		case <-tick.C:
+			if !v.ready.Load() && obs.synced() {
+				v.store.rebuild()
+				v.ready.Store(true)
+				tick.Stop()
+			}
+		}
+	}
+}
+
+// janitor drops expired tokens, forgets old tombstones and refreshes external JWKS.
+func (v *Validator) janitor(ctx context.Context, obs *observer) error {
+	sweep := time.NewTicker(DefaultSweepInterval)
+	defer sweep.Stop()
+	refresh := time.NewTicker(v.opts.ExternalRefreshInterval)
+	defer refresh.Stop()
+	var tombstones []sessionTombstone
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case t := <-obs.tombstones:
+			tombstones = append(tombstones, t)
+		case <-sweep.C:
+			now := v.opts.Clock.Now()
+			v.cache.sweep(now)
+			kept := tombstones[:0]
+			for _, t := range tombstones {
+				if time.Now().After(t.at) {
+					v.store.setSessionRevoked(t.key.namespace, t.key.name, false)
+				} else {
+					kept = append(kept, t)
+				}
+			}
+			tombstones = kept
+		case <-refresh.C:
+			for _, e := range v.store.externalIssuers() {
+				e.refresh(true)
+			}
+		}
+	}
+}
+
+// Ready reports whether the validator's state is synced; until then it denies everything.
+func (v *Validator) Ready() bool { return v.ready.Load() }
