@@ -145,7 +145,7 @@ func Retention(issuers []keywardv1.TokenIssuer) time.Duration {
 	for i := range issuers {
 		spec := &issuers[i].Spec
 		lifetime := max(spec.AccessTokenLifetime.Duration, spec.RefreshTokenLifetime.Duration)
-		longest = max(longest, lifetime+spec.Leeway.Duration)
+		longest = max(longest, lifetime+spec.LeewayDuration())
 	}
 	return longest
 }

@@ -1,6 +1,8 @@
 package v1alpha1
 
 import (
+	"time"
+
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -16,7 +18,7 @@ const (
 
 // TokenIssuerSpec defines an issuer of access and refresh tokens.
 // +kubebuilder:validation:XValidation:rule="duration(self.refreshTokenLifetime) > duration(self.accessTokenLifetime)",message="refreshTokenLifetime must be longer than accessTokenLifetime"
-// +kubebuilder:validation:XValidation:rule="duration(self.leeway) < duration(self.accessTokenLifetime)",message="leeway must be shorter than accessTokenLifetime"
+// +kubebuilder:validation:XValidation:rule="!has(self.leeway) || duration(self.leeway) < duration(self.accessTokenLifetime)",message="leeway must be shorter than accessTokenLifetime"
 type TokenIssuerSpec struct {
 	// issuer is the URL used as the "iss" claim and as the base of discovery. When unset, the
 	// issuer service uses {public URL}/{namespace}/{name}.
@@ -68,7 +70,7 @@ type TokenIssuerSpec struct {
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Format=duration
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('5m')",message="leeway must be between 0s and 5m"
-	Leeway metav1.Duration `json:"leeway,omitzero"`
+	Leeway *metav1.Duration `json:"leeway,omitempty"`
 
 	// users names the Secret holding the users: data key "htpasswd" (lines "name:hash", bcrypt
 	// or argon2id) and optional data key "users.yaml" (per user: groups, claims, disabled).
@@ -78,6 +80,13 @@ type TokenIssuerSpec struct {
 	// clients names the Secret holding the OAuth2 clients allowed the client_credentials grant.
 	// +optional
 	Clients *SecretReference `json:"clients,omitempty"`
+
+	// loginThrottling limits failed logins per username and per client address. A login
+	// over either limit is answered 429 with Retry-After before any password hash is computed.
+	// Successful logins do not count.
+	// +optional
+	// +kubebuilder:default={perUsername: {burst: 5, perMinute: 5}, perClientAddress: {burst: 20, perMinute: 30}}
+	LoginThrottling LoginThrottling `json:"loginThrottling,omitzero"`
 
 	// extraClaims are added to every access token. Registered and keyward claim names are
 	// refused.
@@ -119,7 +128,38 @@ type RefreshTokenRotation struct {
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Format=duration
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('1m')",message="reuseGracePeriod must be between 0s and 1m"
-	ReuseGracePeriod metav1.Duration `json:"reuseGracePeriod,omitzero"`
+	ReuseGracePeriod *metav1.Duration `json:"reuseGracePeriod,omitempty"`
+}
+
+// LoginThrottling limits failed logins.
+type LoginThrottling struct {
+	// perUsername limits failed logins for one username, known or not.
+	// +optional
+	// +kubebuilder:default={burst: 5, perMinute: 5}
+	PerUsername LoginRateLimit `json:"perUsername,omitzero"`
+
+	// perClientAddress limits failed logins from one client IP address (the TCP peer).
+	// +optional
+	// +kubebuilder:default={burst: 20, perMinute: 30}
+	PerClientAddress LoginRateLimit `json:"perClientAddress,omitzero"`
+}
+
+// LoginRateLimit is a token bucket of failed logins: burst failures at once, refilled at
+// perMinute per minute.
+type LoginRateLimit struct {
+	// burst is how many failed logins are allowed at once.
+	// +optional
+	// +kubebuilder:default=5
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10000
+	Burst int32 `json:"burst,omitempty"`
+
+	// perMinute is how many more failed logins are allowed per minute once burst is spent.
+	// +optional
+	// +kubebuilder:default=5
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=60000
+	PerMinute int32 `json:"perMinute,omitempty"`
 }
 
 // TokenIssuerStatus is the observed state of a TokenIssuer.
@@ -172,4 +212,30 @@ type TokenIssuerList struct {
 
 func init() {
 	SchemeBuilder.Register(&TokenIssuer{}, &TokenIssuerList{})
+}
+
+// Defaults of the TokenIssuer fields where zero is a meaningful value, for objects that did not
+// go through the API server's defaulting.
+const (
+	DefaultLeeway           = 30 * time.Second
+	DefaultReuseGracePeriod = 5 * time.Second
+)
+
+// LeewayDuration returns spec.leeway, or its default when unset. Zero is a valid leeway.
+func (s *TokenIssuerSpec) LeewayDuration() time.Duration {
+	if s.Leeway == nil {
+		return DefaultLeeway
+	}
+	return s.Leeway.Duration
+}
+
+// IsEnabled reports whether refresh-token rotation is on (the default).
+func (r *RefreshTokenRotation) IsEnabled() bool { return r.Enabled == nil || *r.Enabled }
+
+// GracePeriod returns reuseGracePeriod, or its default when unset. Zero is a valid grace.
+func (r *RefreshTokenRotation) GracePeriod() time.Duration {
+	if r.ReuseGracePeriod == nil {
+		return DefaultReuseGracePeriod
+	}
+	return r.ReuseGracePeriod.Duration
 }

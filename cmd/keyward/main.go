@@ -1,5 +1,5 @@
-// Command keyward runs keyward's roles: the controller (reconcilers), and later the issuer and
-// the validator.
+// Command keyward runs keyward's roles: the controller (reconcilers), the issuer (token
+// endpoints), the validator (ingress external authorization), or all three in one process.
 package main
 
 import (
@@ -18,6 +18,9 @@ const usage = `keyward: a Kubernetes-native JWT issuer and validator
 
 Usage:
   keyward controller [flags]   run the controller manager (SigningKey, TokenIssuer reconcilers)
+  keyward issuer [flags]       run the token service (simplejwt-compatible and OAuth2/OIDC endpoints)
+  keyward validator [flags]    run the external authorization service (HTTP forward auth, Envoy gRPC)
+  keyward all [flags]          run the three roles in one process (local runs, small installs)
   keyward version              print the version
 
 Run "keyward <role> -h" for the flags of a role.
@@ -28,32 +31,31 @@ func main() {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
 	}
-	role, args := os.Args[1], os.Args[2:]
-	var run func(*options) error
-	switch role {
-	case "controller":
-		run = runController
+	name, args := os.Args[1], os.Args[2:]
+	switch name {
 	case "version", "--version":
 		fmt.Println(version)
 		return
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return
-	default:
-		fmt.Fprintf(os.Stderr, "keyward: unknown role %q\n\n%s", role, usage)
+	}
+	r, ok := roles[name]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "keyward: unknown role %q\n\n%s", name, usage)
 		os.Exit(2)
 	}
 
-	fs := flag.NewFlagSet("keyward "+role, flag.ExitOnError)
+	fs := flag.NewFlagSet("keyward "+name, flag.ExitOnError)
 	opts := &options{}
-	opts.bind(fs)
+	opts.bind(fs, r)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	_ = fs.Parse(args) // ExitOnError
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 
-	if err := run(opts); err != nil {
-		ctrl.Log.Error(err, "keyward stopped", "role", role)
+	if err := run(r, opts); err != nil {
+		ctrl.Log.Error(err, "keyward stopped", "role", name)
 		os.Exit(1)
 	}
 }

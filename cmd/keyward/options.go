@@ -5,23 +5,40 @@ import (
 	"os"
 )
 
-// options are the flags shared by keyward's roles.
+// options are the flags of keyward's roles. Each role binds the flags it uses.
 type options struct {
 	kubeconfig              string
 	metricsAddr             string
 	probeAddr               string
 	leaderElect             bool
 	leaderElectionNamespace string
+	// publicURL is shared by the issuer and the validator: both must compute the same iss.
+	publicURL string
+	// issuer holds the flags of the issuer role (issuer.go).
+	issuer issuerFlags
+	// validator holds the flags of the validator role (validator.go).
+	validator validatorFlags
 }
 
-func (o *options) bind(fs *flag.FlagSet) {
+func (o *options) bind(fs *flag.FlagSet, r role) {
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Path to a kubeconfig; in-cluster configuration when empty (also read from $KUBECONFIG).")
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", ":9090", "Address of the Prometheus metrics endpoint; \"0\" disables it.")
 	fs.StringVar(&o.probeAddr, "health-probe-bind-address", ":9091", "Address of the /healthz and /readyz probes.")
-	fs.BoolVar(&o.leaderElect, "leader-elect", true, "Elect a leader so that only one controller replica reconciles at a time.")
-	ns := os.Getenv("POD_NAMESPACE")
-	if ns == "" {
-		ns = "default"
+	if r.controllers {
+		fs.BoolVar(&o.leaderElect, "leader-elect", true, "Elect a leader so that only one controller replica reconciles at a time.")
+		ns := os.Getenv("POD_NAMESPACE")
+		if ns == "" {
+			ns = "default"
+		}
+		fs.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", ns, "Namespace of the leader-election Lease (default $POD_NAMESPACE or \"default\").")
 	}
-	fs.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", ns, "Namespace of the leader-election Lease (default $POD_NAMESPACE or \"default\").")
+	if r.issuer || r.validator {
+		fs.StringVar(&o.publicURL, "public-url", "http://localhost:8080", "Public base URL of the issuer: a TokenIssuer without spec.issuer has iss {public-url}/{namespace}/{name}.")
+	}
+	if r.issuer {
+		o.issuer.bind(fs)
+	}
+	if r.validator {
+		o.validator.bind(fs)
+	}
 }

@@ -113,5 +113,11 @@ func SetupControllers(ctx context.Context, mgr ctrl.Manager) error {
 	}).SetupWithManager(ctx, mgr); err != nil {
 		return fmt.Errorf("cannot set up TokenIssuer controller: %w", err)
 	}
+	if err := (&controllers.AccessPolicyReconciler{Client: mgr.GetClient()}).SetupWithManager(ctx, mgr); err != nil {
+		return fmt.Errorf("cannot set up AccessPolicy controller: %w", err)
+	}
+	if err := (&controllers.SessionReconciler{Client: mgr.GetClient(), Clock: clock.RealClock{}}).SetupWithManager(ctx, mgr); err != nil {
+		return fmt.Errorf("cannot set up Session controller: %w", err)
+	}
 	return nil
 }
