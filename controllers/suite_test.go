@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"slices"
 	"testing"
@@ -20,9 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	keywardv1 "github.com/keyward/keyward/api/v1alpha1"
 	"github.com/keyward/keyward/controllers"
@@ -45,43 +42,10 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	logOut := io.Discard
-	if os.Getenv("KEYWARD_TEST_LOGS") != "" {
-		logOut = os.Stderr
-	}
-	ctrl.SetLogger(zap.New(zap.WriteTo(logOut), zap.UseDevMode(true)))
-
-	var err error
-	env, err = testenv.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer func() {
-		if err := env.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "cannot stop envtest:", err)
-		}
-	}()
-	k8s = env.Client
-
-	ctx, cancel := context.WithCancel(context.Background())
-	stop, err := startManager(ctx)
-	if err != nil {
-		cancel()
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer func() {
-		cancel()
-		if err := stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "manager stopped with an error:", err)
-		}
-	}()
-	return m.Run()
+	os.Exit(testenv.Main(m, func(ctx context.Context, e *testenv.Env) (func() error, error) {
+		env, k8s = e, e.Client
+		return startManager(ctx)
+	}))
 }
 
 // startManager starts a manager with keyward's reconcilers, as cmd/keyward does, without
@@ -103,21 +67,7 @@ func startManager(ctx context.Context, namespaces ...string) (stop func() error,
 	if err := manager.SetupControllers(ctx, mgr); err != nil {
 		return nil, err
 	}
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	syncCtx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	if !mgr.GetCache().WaitForCacheSync(syncCtx) {
-		return nil, errors.New("manager caches did not sync")
-	}
-	return func() error {
-		select {
-		case err := <-done:
-			return err
-		case <-time.After(30 * time.Second):
-			return errors.New("manager did not stop within 30s")
-		}
-	}, nil
+	return testenv.StartManager(ctx, mgr)
 }
 
 // callTimeout bounds one API call, or one attempt of eventually.

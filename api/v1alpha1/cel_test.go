@@ -26,17 +26,10 @@ import (
 var k8s client.Client
 
 func TestMain(m *testing.M) {
-	env, err := testenv.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	k8s = env.Client
-	code := m.Run()
-	if err := env.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "cannot stop envtest:", err)
-	}
-	os.Exit(code)
+	os.Exit(testenv.Main(m, func(_ context.Context, env *testenv.Env) (func() error, error) {
+		k8s = env.Client
+		return func() error { return nil }, nil
+	}))
 }
 
 type object = map[string]any

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -21,9 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	keywardv1 "github.com/keyward/keyward/api/v1alpha1"
@@ -50,41 +47,12 @@ var (
 const testCost = bcrypt.MinCost
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	logOut := io.Discard
-	if os.Getenv("KEYWARD_TEST_LOGS") != "" {
-		logOut = os.Stderr
-	}
-	ctrl.SetLogger(zap.New(zap.WriteTo(logOut), zap.UseDevMode(true)))
-	var err error
-	env, err = testenv.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer func() {
-		if err := env.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "cannot stop envtest:", err)
-		}
-	}()
-	k8s = env.Client
-	ctx, cancel := context.WithCancel(context.Background())
-	addr, stop, err := startKeyward(ctx, true)
-	if err != nil {
-		cancel()
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	baseURL = "http://" + addr
-	code := m.Run()
-	cancel()
-	if err := stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "manager stopped with an error:", err)
-	}
-	return code
+	os.Exit(testenv.Main(m, func(ctx context.Context, e *testenv.Env) (func() error, error) {
+		env, k8s = e, e.Client
+		addr, stop, err := startKeyward(ctx, true)
+		baseURL = "http://" + addr
+		return stop, err
+	}))
 }
 
 // startKeyward starts a manager with the issuer (and, with controllers, keyward's reconcilers)
@@ -110,21 +78,11 @@ func startKeyward(ctx context.Context, controllers bool) (string, func() error, 
 	if err := issuer.Setup(ctx, mgr, issuer.Options{Listener: ln, PublicURL: "http://keyward.test"}); err != nil {
 		return "", nil, err
 	}
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	syncCtx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	if !mgr.GetCache().WaitForCacheSync(syncCtx) {
-		return "", nil, errors.New("manager caches did not sync")
+	stop, err := testenv.StartManager(ctx, mgr)
+	if err != nil {
+		return "", nil, err
 	}
-	return ln.Addr().String(), func() error {
-		select {
-		case err := <-done:
-			return err
-		case <-time.After(30 * time.Second):
-			return errors.New("manager did not stop within 30s")
-		}
-	}, nil
+	return ln.Addr().String(), stop, nil
 }
 
 // eventually calls f until it returns nil, failing the test with f's last error after timeout.

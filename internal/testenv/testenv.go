@@ -4,15 +4,22 @@
 package testenv
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
+	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/keyward/keyward/internal/scheme"
 )
@@ -62,4 +69,63 @@ func (e *Env) Stop() error { return e.env.Stop() }
 // GVK is a convenience for tests that build unstructured objects.
 func GVK(kind string) schema.GroupVersionKind {
 	return schema.GroupVersionKind{Group: "keyward.dev", Version: "v1alpha1", Kind: kind}
+}
+
+// Main runs a package's tests against a control plane: it sets the controller-runtime logger
+// (silent unless $KEYWARD_TEST_LOGS is set), starts the control plane, calls setup (which may
+// start managers and servers under ctx and returns how to stop them), runs the tests, and tears
+// everything down. Use it as `func TestMain(m *testing.M) { os.Exit(testenv.Main(m, setup)) }`;
+// setup may be nil.
+func Main(m *testing.M, setup func(ctx context.Context, env *Env) (stop func() error, err error)) int {
+	logOut := io.Discard
+	if os.Getenv("KEYWARD_TEST_LOGS") != "" {
+		logOut = os.Stderr
+	}
+	ctrl.SetLogger(zap.New(zap.WriteTo(logOut), zap.UseDevMode(true)))
+
+	env, err := Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer func() {
+		if err := env.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "cannot stop envtest:", err)
+		}
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop := func() error { return nil }
+	if setup != nil {
+		if stop, err = setup(ctx, env); err != nil {
+			fmt.Fprintln(os.Stderr, "cannot set up the tests:", err)
+			return 1
+		}
+	}
+	code := m.Run()
+	cancel()
+	if err := stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "stopped with an error:", err)
+	}
+	return code
+}
+
+// StartManager starts mgr in the background and returns once its caches are synced. stop waits
+// (at most 30 s) for the manager to return after ctx is cancelled.
+func StartManager(ctx context.Context, mgr ctrl.Manager) (stop func() error, err error) {
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	syncCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if !mgr.GetCache().WaitForCacheSync(syncCtx) {
+		return nil, errors.New("manager caches did not sync")
+	}
+	return func() error {
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(30 * time.Second):
+			return errors.New("manager did not stop within 30s")
+		}
+	}, nil
 }
