@@ -18,12 +18,28 @@ import (
 // is kept this long past its end.
 const maxLeeway = 5 * time.Minute
 
+// DefaultSessionSweepInterval is how often every Session is listed to delete the expired ones.
+const DefaultSessionSweepInterval = time.Minute
+
+// sessionSweepPageSize bounds each page of a sweep's Session list.
+const sessionSweepPageSize = 500
+
 // SessionReconciler garbage-collects Sessions once every token of theirs has expired, and
 // completes revocations made by setting spec.revoked alone (an admin's edit): it adds the
 // keyward.dev/revoked label that validators watch, and records when and why in status.
+//
+// It watches only revoked Sessions (the manager's cache selects spec.revoked=true, a CRD
+// selectable field): a watch of every Session would cost the API server and this process an
+// event per refresh, since every refresh writes its Session. Expired Sessions, and revocations
+// someone tried to undo, are found by a sweep that lists every Session, page by page, at
+// SweepInterval.
 type SessionReconciler struct {
 	client.Client
-	Clock clock.PassiveClock
+	// APIReader lists Sessions for the sweep, bypassing the revoked-only cache.
+	APIReader client.Reader
+	Clock     clock.PassiveClock
+	// SweepInterval is the time between sweeps; DefaultSessionSweepInterval when zero.
+	SweepInterval time.Duration
 }
 
 // +kubebuilder:rbac:groups=keyward.dev,resources=sessions,verbs=get;list;watch;update;patch;delete
@@ -63,12 +79,17 @@ func DecideSession(s *keywardv1.Session, leeway time.Duration, now time.Time) Se
 	return a
 }
 
-// Reconcile applies DecideSession.
+// Reconcile applies DecideSession to a revoked Session.
 func (r *SessionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	s := &keywardv1.Session{}
 	if err := r.Get(ctx, req.NamespacedName, s); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	return r.apply(ctx, s)
+}
+
+// apply carries out what DecideSession says of one Session.
+func (r *SessionReconciler) apply(ctx context.Context, s *keywardv1.Session) (ctrl.Result, error) {
 	if !s.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, nil
 	}
@@ -121,10 +142,59 @@ func (r *SessionReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	return ctrl.Result{RequeueAfter: a.RequeueAfter}, nil
 }
 
-// SetupWithManager registers the reconciler.
+// SetupWithManager registers the reconciler and its sweep.
 func (r *SessionReconciler) SetupWithManager(_ context.Context, mgr ctrl.Manager) error {
+	if err := mgr.Add(&sessionSweep{r: r}); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&keywardv1.Session{}).
 		Named("session").
 		Complete(r)
+}
+
+// sessionSweep is the leader-elected runnable that lists every Session at an interval.
+type sessionSweep struct{ r *SessionReconciler }
+
+func (s *sessionSweep) NeedLeaderElection() bool { return true }
+
+func (s *sessionSweep) Start(ctx context.Context) error {
+	interval := s.r.SweepInterval
+	if interval <= 0 {
+		interval = DefaultSessionSweepInterval
+	}
+	log := ctrl.LoggerFrom(ctx).WithName("session-sweep")
+	ctx = ctrl.LoggerInto(ctx, log)
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		if err := s.r.sweep(ctx); err != nil && ctx.Err() == nil {
+			log.Error(err, "Session sweep failed; retrying at the next interval")
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+		}
+	}
+}
+
+// sweep applies DecideSession to every Session, listing them from the API server page by page.
+func (r *SessionReconciler) sweep(ctx context.Context) error {
+	var list keywardv1.SessionList
+	opts := []client.ListOption{client.Limit(sessionSweepPageSize)}
+	for {
+		if err := r.APIReader.List(ctx, &list, opts...); err != nil {
+			return fmt.Errorf("cannot list sessions: %w", err)
+		}
+		for i := range list.Items {
+			if _, err := r.apply(ctx, &list.Items[i]); err != nil {
+				ctrl.LoggerFrom(ctx).Error(err, "Cannot apply session decision", "session", client.ObjectKeyFromObject(&list.Items[i]))
+			}
+		}
+		if list.Continue == "" {
+			return nil
+		}
+		opts = []client.ListOption{client.Limit(sessionSweepPageSize), client.Continue(list.Continue)}
+	}
 }

@@ -64,7 +64,7 @@ func startManager(ctx context.Context, namespaces ...string) (stop func() error,
 	if err != nil {
 		return nil, err
 	}
-	if err := manager.SetupControllers(ctx, mgr); err != nil {
+	if err := manager.SetupControllers(ctx, mgr, manager.ControllerOptions{}); err != nil {
 		return nil, err
 	}
 	return testenv.StartManager(ctx, mgr)

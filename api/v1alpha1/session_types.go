@@ -120,6 +120,9 @@ type SessionStatus struct {
 // Session is a login session of a TokenIssuer: a refresh-token family. Its name is the sid
 // claim of its tokens. The issuer creates it at login and rotates its refresh token; the
 // controller deletes it once every token of it has expired.
+// +kubebuilder:selectablefield:JSONPath=".spec.revoked"
+// +kubebuilder:selectablefield:JSONPath=".spec.subject"
+// +kubebuilder:selectablefield:JSONPath=".spec.issuerRef.name"
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=kws;kwsession,categories=keyward

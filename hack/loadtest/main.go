@@ -106,7 +106,7 @@ func run(c config) error {
 	if err != nil {
 		return err
 	}
-	if err := manager.SetupControllers(ctx, mgr); err != nil {
+	if err := manager.SetupControllers(ctx, mgr, manager.ControllerOptions{}); err != nil {
 		return err
 	}
 	mgrCtx, mgrCancel := context.WithCancel(ctx)

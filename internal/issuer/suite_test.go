@@ -67,7 +67,7 @@ func startKeyward(ctx context.Context, controllers bool) (string, func() error, 
 		return "", nil, err
 	}
 	if controllers {
-		if err := manager.SetupControllers(ctx, mgr); err != nil {
+		if err := manager.SetupControllers(ctx, mgr, manager.ControllerOptions{SessionSweepInterval: 2 * time.Second}); err != nil {
 			return "", nil, err
 		}
 	}

@@ -6,8 +6,10 @@ package manager
 import (
 	"context"
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -87,6 +89,9 @@ func CacheOptions(namespaces ...string) cache.Options {
 	opts := cache.Options{ByObject: map[client.Object]cache.ByObject{
 		&corev1.Secret{}:    {Label: selector},
 		&corev1.ConfigMap{}: {Label: selector},
+		// Every refresh writes its Session: the controllers watch only revoked ones (see
+		// controllers.SessionReconciler).
+		&keywardv1.Session{}: {Field: fields.OneTermEqualSelector("spec.revoked", "true")},
 	}}
 	if len(namespaces) > 0 {
 		opts.DefaultNamespaces = make(map[string]cache.Config, len(namespaces))
@@ -97,8 +102,15 @@ func CacheOptions(namespaces ...string) cache.Options {
 	return opts
 }
 
+// ControllerOptions tune the reconcilers; the zero value gives the defaults.
+type ControllerOptions struct {
+	// SessionSweepInterval is how often every Session is listed to delete expired ones
+	// (controllers.DefaultSessionSweepInterval when zero).
+	SessionSweepInterval time.Duration
+}
+
 // SetupControllers registers keyward's reconcilers with the manager.
-func SetupControllers(ctx context.Context, mgr ctrl.Manager) error {
+func SetupControllers(ctx context.Context, mgr ctrl.Manager, o ControllerOptions) error {
 	if err := (&controllers.SigningKeyReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
@@ -116,7 +128,9 @@ func SetupControllers(ctx context.Context, mgr ctrl.Manager) error {
 	if err := (&controllers.AccessPolicyReconciler{Client: mgr.GetClient()}).SetupWithManager(ctx, mgr); err != nil {
 		return fmt.Errorf("cannot set up AccessPolicy controller: %w", err)
 	}
-	if err := (&controllers.SessionReconciler{Client: mgr.GetClient(), Clock: clock.RealClock{}}).SetupWithManager(ctx, mgr); err != nil {
+	if err := (&controllers.SessionReconciler{
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clock: clock.RealClock{}, SweepInterval: o.SessionSweepInterval,
+	}).SetupWithManager(ctx, mgr); err != nil {
 		return fmt.Errorf("cannot set up Session controller: %w", err)
 	}
 	return nil

@@ -115,7 +115,7 @@ func setup(ctx context.Context, dir string) (stop func(), err error) {
 	if err != nil {
 		return stop, err
 	}
-	if err := manager.SetupControllers(ctx, mgr); err != nil {
+	if err := manager.SetupControllers(ctx, mgr, manager.ControllerOptions{}); err != nil {
 		return stop, err
 	}
 	mgrCtx, mgrCancel := context.WithCancel(ctx)
