@@ -36,6 +36,9 @@ import (
 // pollInterval is how often tests look at the cluster.
 const pollInterval = 250 * time.Millisecond
 
+// testPublicURL is the issuer service's public URL the controllers are told.
+const testPublicURL = "https://keyward.test/"
+
 var (
 	env *testenv.Env
 	k8s client.Client
@@ -64,7 +67,7 @@ func startManager(ctx context.Context, namespaces ...string) (stop func() error,
 	if err != nil {
 		return nil, err
 	}
-	if err := manager.SetupControllers(ctx, mgr, manager.ControllerOptions{}); err != nil {
+	if err := manager.SetupControllers(ctx, mgr, manager.ControllerOptions{PublicURL: testPublicURL}); err != nil {
 		return nil, err
 	}
 	return testenv.StartManager(ctx, mgr)

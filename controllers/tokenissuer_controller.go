@@ -31,6 +31,10 @@ type TokenIssuerReconciler struct {
 	client.Client
 	// APIReader reads referenced Secrets the cache does not hold yet.
 	APIReader client.Reader
+	// PublicURL is the issuer service's public base URL (the --public-url of the issuer role),
+	// from which status.issuer and status.endpoints are derived for a TokenIssuer without
+	// spec.issuer.
+	PublicURL string
 }
 
 // +kubebuilder:rbac:groups=keyward.dev,resources=tokenissuers,verbs=get;list;watch
@@ -97,6 +101,8 @@ func (r *TokenIssuerReconciler) resolve(ctx context.Context, ti *keywardv1.Token
 }
 
 func (r *TokenIssuerReconciler) patchStatus(ctx context.Context, before, ti *keywardv1.TokenIssuer, cond metav1.Condition, reconcileErr error) error {
+	ti.Status.Issuer = ti.EffectiveIssuer(r.PublicURL)
+	ti.Status.Endpoints = keywardv1.EndpointsFor(ti.Status.Issuer)
 	cond.ObservedGeneration = ti.Generation
 	meta.SetStatusCondition(&ti.Status.Conditions, cond)
 	if reconcileErr == nil {

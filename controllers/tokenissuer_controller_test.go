@@ -64,6 +64,11 @@ func TestTokenIssuerReadiness(t *testing.T) {
 	if ti.Status.ObservedGeneration != ti.Generation {
 		t.Errorf("observedGeneration = %d, want %d", ti.Status.ObservedGeneration, ti.Generation)
 	}
+	wantIss := "https://keyward.test/" + ns + "/issuer"
+	if ti.Status.Issuer != wantIss || ti.Status.Endpoints == nil ||
+		ti.Status.Endpoints.JWKS != wantIss+"/.well-known/jwks.json" || ti.Status.Endpoints.Token != wantIss+"/api/token/" {
+		t.Errorf("status issuer %q endpoints %+v, want iss %q and endpoints under it", ti.Status.Issuer, ti.Status.Endpoints, wantIss)
+	}
 	waitLabelledReferenced(t, ns, "users")
 
 	// Once labelled, the users Secret is watched: deleting it, then creating it again, is seen

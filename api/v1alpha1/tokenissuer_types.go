@@ -1,6 +1,7 @@
 package v1alpha1
 
 import (
+	"strings"
 	"time"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -174,6 +175,49 @@ type TokenIssuerStatus struct {
 	// observedGeneration is the generation last reconciled successfully.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// issuer is the "iss" of the tokens: spec.issuer, else the controller's public URL followed
+	// by /{namespace}/{name}.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Issuer string `json:"issuer,omitempty"`
+
+	// endpoints are the URLs clients use, derived from issuer.
+	// +optional
+	Endpoints *IssuerEndpoints `json:"endpoints,omitempty"`
+}
+
+// IssuerEndpoints are the URLs of a TokenIssuer's main endpoints.
+type IssuerEndpoints struct {
+	// token is the simplejwt-compatible login endpoint (POST username and password).
+	// +optional
+	// +kubebuilder:validation:MaxLength=1100
+	Token string `json:"token,omitempty"`
+
+	// oauth2Token is the OAuth2 token endpoint (RFC 6749).
+	// +optional
+	// +kubebuilder:validation:MaxLength=1100
+	OAuth2Token string `json:"oauth2Token,omitempty"`
+
+	// jwks is the JWK Set of the keys that sign the tokens.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1100
+	JWKS string `json:"jwks,omitempty"`
+
+	// discovery is the OpenID Connect discovery document.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1100
+	Discovery string `json:"discovery,omitempty"`
+}
+
+// EndpointsFor returns the endpoints of an issuer whose "iss" is iss.
+func EndpointsFor(iss string) *IssuerEndpoints {
+	return &IssuerEndpoints{
+		Token:       iss + "/api/token/",
+		OAuth2Token: iss + "/oauth2/token",
+		JWKS:        iss + "/.well-known/jwks.json",
+		Discovery:   iss + "/.well-known/openid-configuration",
+	}
 }
 
 // TokenIssuer issues access and refresh tokens for the users in a Secret, signed by a SigningKey.
@@ -183,6 +227,7 @@ type TokenIssuerStatus struct {
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
 // +kubebuilder:printcolumn:name="Signing Key",type=string,JSONPath=`.spec.signingKeyRef.name`
+// +kubebuilder:printcolumn:name="Issuer",type=string,JSONPath=`.status.issuer`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type TokenIssuer struct {
 	metav1.TypeMeta `json:",inline"`
@@ -238,4 +283,14 @@ func (r *RefreshTokenRotation) GracePeriod() time.Duration {
 		return DefaultReuseGracePeriod
 	}
 	return r.ReuseGracePeriod.Duration
+}
+
+// EffectiveIssuer is the "iss" of the tokens a TokenIssuer issues: spec.issuer without a
+// trailing slash, else {publicURL}/{namespace}/{name}. The issuer, the validator and the
+// controller all derive it here, so they never disagree.
+func (ti *TokenIssuer) EffectiveIssuer(publicURL string) string {
+	if ti.Spec.Issuer != "" {
+		return strings.TrimSuffix(ti.Spec.Issuer, "/")
+	}
+	return strings.TrimSuffix(publicURL, "/") + "/" + ti.Namespace + "/" + ti.Name
 }

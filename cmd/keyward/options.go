@@ -32,9 +32,9 @@ func (o *options) bind(fs *flag.FlagSet, r role) {
 		}
 		fs.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", ns, "Namespace of the leader-election Lease (default $POD_NAMESPACE or \"default\").")
 	}
-	if r.issuer || r.validator {
-		fs.StringVar(&o.publicURL, "public-url", "http://localhost:8080", "Public base URL of the issuer: a TokenIssuer without spec.issuer has iss {public-url}/{namespace}/{name}.")
-	}
+	// Every role derives a TokenIssuer's iss: the issuer signs with it, the validator checks it,
+	// the controller reports it in status.
+	fs.StringVar(&o.publicURL, "public-url", "http://localhost:8080", "Public base URL of the issuer: a TokenIssuer without spec.issuer has iss {public-url}/{namespace}/{name}.")
 	if r.issuer {
 		o.issuer.bind(fs)
 	}

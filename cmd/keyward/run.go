@@ -54,7 +54,7 @@ func run(r role, o *options) error {
 		return err
 	}
 	if r.controllers {
-		if err := manager.SetupControllers(ctx, mgr, manager.ControllerOptions{}); err != nil {
+		if err := manager.SetupControllers(ctx, mgr, manager.ControllerOptions{PublicURL: o.publicURL}); err != nil {
 			return err
 		}
 	}

@@ -397,8 +397,8 @@ func (s *Server) discovery(w http.ResponseWriter, _ *http.Request, cfg *issuerCo
 		ClaimsSupported                   []string `json:"claims_supported"`
 	}{
 		Issuer:                            cfg.iss,
-		TokenEndpoint:                     cfg.iss + "/oauth2/token",
-		JWKSURI:                           cfg.iss + "/.well-known/jwks.json",
+		TokenEndpoint:                     keywardv1.EndpointsFor(cfg.iss).OAuth2Token,
+		JWKSURI:                           keywardv1.EndpointsFor(cfg.iss).JWKS,
 		RevocationEndpoint:                cfg.iss + "/oauth2/revoke",
 		IntrospectionEndpoint:             cfg.iss + "/oauth2/introspect",
 		GrantTypesSupported:               []string{grantPassword, grantRefreshToken, grantClientCredentials},

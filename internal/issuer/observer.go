@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/url"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -99,21 +97,13 @@ func (o *observer) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result
 	return ctrl.Result{}, nil
 }
 
-// IssuerURL is a TokenIssuer's effective iss: spec.issuer, else {publicURL}/{namespace}/{name}.
-func IssuerURL(ti *keywardv1.TokenIssuer, publicURL string) string {
-	if ti.Spec.Issuer != "" {
-		return strings.TrimSuffix(ti.Spec.Issuer, "/")
-	}
-	return strings.TrimSuffix(publicURL, "/") + "/" + url.PathEscape(ti.Namespace) + "/" + url.PathEscape(ti.Name)
-}
-
 func (o *observer) build(ctx context.Context, ti *keywardv1.TokenIssuer) (*issuerConfig, error) {
 	key := client.ObjectKeyFromObject(ti)
 	spec := &ti.Spec
 	cfg := &issuerConfig{
 		key:        key,
 		label:      key.String(),
-		iss:        IssuerURL(ti, o.publicURL),
+		iss:        ti.EffectiveIssuer(o.publicURL),
 		audiences:  spec.Audiences,
 		accessTTL:  orDefault(spec.AccessTokenLifetime.Duration, 5*time.Minute),
 		refreshTTL: orDefault(spec.RefreshTokenLifetime.Duration, 24*time.Hour),

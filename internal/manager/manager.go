@@ -104,6 +104,8 @@ func CacheOptions(namespaces ...string) cache.Options {
 
 // ControllerOptions tune the reconcilers; the zero value gives the defaults.
 type ControllerOptions struct {
+	// PublicURL is the issuer service's public base URL, for TokenIssuer status.
+	PublicURL string
 	// SessionSweepInterval is how often every Session is listed to delete expired ones
 	// (controllers.DefaultSessionSweepInterval when zero).
 	SessionSweepInterval time.Duration
@@ -122,6 +124,7 @@ func SetupControllers(ctx context.Context, mgr ctrl.Manager, o ControllerOptions
 	if err := (&controllers.TokenIssuerReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
+		PublicURL: o.PublicURL,
 	}).SetupWithManager(ctx, mgr); err != nil {
 		return fmt.Errorf("cannot set up TokenIssuer controller: %w", err)
 	}

@@ -190,17 +190,9 @@ func (s *store) deletePolicy(namespace, name string) {
 	s.changed()
 }
 
-// effectiveIssuer is a TokenIssuer's iss: spec.issuer, or {public URL}/{namespace}/{name}.
-func (s *store) effectiveIssuer(ti *keywardv1.TokenIssuer) string {
-	if ti.Spec.Issuer != "" {
-		return ti.Spec.Issuer
-	}
-	return s.publicURL + "/" + ti.Namespace + "/" + ti.Name
-}
-
 func (s *store) setTokenIssuer(ti *keywardv1.TokenIssuer) {
 	spec := tokenIssuerSpec{
-		iss:        s.effectiveIssuer(ti),
+		iss:        ti.EffectiveIssuer(s.publicURL),
 		leeway:     ti.Spec.LeewayDuration(),
 		signingKey: ti.Namespace + "/" + ti.Spec.SigningKeyRef.Name,
 	}

@@ -98,6 +98,7 @@ spec:
         - {{ $role }}
         - --zap-log-level={{ $root.Values.logLevel }}
         - --metrics-bind-address=:9090
+        - --public-url={{ $root.Values.publicURL }}
         - --health-probe-bind-address=:9091
         {{- range $args }}
         - {{ . }}
