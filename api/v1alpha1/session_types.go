@@ -131,7 +131,7 @@ type SessionStatus struct {
 // +kubebuilder:printcolumn:name="Generation",type=integer,JSONPath=`.status.refreshGeneration`
 // +kubebuilder:printcolumn:name="Revoked",type=boolean,JSONPath=`.spec.revoked`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.revokedReason`
-// +kubebuilder:printcolumn:name="Expires",type=date,JSONPath=`.spec.expiresAt`
+// +kubebuilder:printcolumn:name="Expires",type=string,JSONPath=`.spec.expiresAt`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type Session struct {
 	metav1.TypeMeta `json:",inline"`
