@@ -7,6 +7,9 @@
 # Not part of `make test`. Needs nginx and wrk (hack/install-deps.sh).
 #
 #   hack/loadtest-validator.sh [--duration 10s] [--rounds 3] [--connections 8] [--threads 2] [--nginx-workers 1]
+#       [--workers 8,32,64] [--grpc-connections 1] [--oauth2-proxy-logging on|off|both]
+#       [--compare-keyward path/to/another/keyward] [--validator-gomaxprocs N]
+# (go run ./hack/loadtest -h lists every flag.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -28,6 +28,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/template"
 	"time"
 
@@ -51,34 +52,77 @@ import (
 )
 
 type config struct {
-	keyward, oauth2Proxy, nginx, wrk string
-	duration                         time.Duration
-	connections, threads             int
-	nginxWorkers                     int
-	validatorProcs                   int
-	grpcConns                        int
-	rounds                           int
+	keyward, compareKeyward    string
+	oauth2Proxy, oauth2Logging string
+	nginx, wrk                 string
+	duration                   time.Duration
+	connections, threads       int
+	nginxWorkers               int
+	validatorProcs             int
+	grpcConns                  int
+	rounds                     int
+	workers                    []int
 }
 
 func main() {
 	var c config
+	var workers string
 	flag.StringVar(&c.keyward, "keyward", "bin/keyward", "keyward binary")
+	flag.StringVar(&c.compareKeyward, "compare-keyward", "", "a second keyward binary (e.g. built from another commit), loaded in the same interleaved rounds behind its own nginx server, for A/B comparisons")
 	flag.StringVar(&c.oauth2Proxy, "oauth2-proxy", "", "oauth2-proxy v7.15.6 binary")
+	flag.StringVar(&c.oauth2Logging, "oauth2-proxy-logging", "on", "oauth2-proxy's logging: on (its defaults, as shipped: a line per request, to a file), off (--request-logging=false --auth-logging=false --standard-logging=false), or both (two oauth2-proxy processes, both measured)")
 	flag.StringVar(&c.nginx, "nginx", "/usr/sbin/nginx", "nginx binary")
 	flag.StringVar(&c.wrk, "wrk", "/usr/bin/wrk", "wrk binary")
-	flag.DurationVar(&c.duration, "duration", 10*time.Second, "load time per path, split over the rounds")
+	flag.DurationVar(&c.duration, "duration", 10*time.Second, "load time per path (and per front end and concurrency of the Go load generator), split over the rounds")
 	flag.IntVar(&c.rounds, "rounds", 3, "rounds: each runs every path in turn for duration/rounds, so that a change in the machine's background load hits every path alike")
-	flag.IntVar(&c.connections, "connections", 8, "wrk connections (and Go load generator concurrency)")
+	flag.IntVar(&c.connections, "connections", 8, "wrk connections")
 	flag.IntVar(&c.threads, "threads", 2, "wrk threads")
+	flag.StringVar(&workers, "workers", "8,32,64", "concurrencies of the Go load generator (HTTP: one keep-alive connection per worker; gRPC: the workers share --grpc-connections); empty skips it")
 	flag.IntVar(&c.nginxWorkers, "nginx-workers", 1, "nginx worker processes")
-	flag.IntVar(&c.grpcConns, "grpc-connections", 1, "gRPC client connections the workers share (Envoy multiplexes checks on few HTTP/2 connections)")
-	flag.IntVar(&c.validatorProcs, "validator-gomaxprocs", 0, "GOMAXPROCS of the validator process; 0 keeps Go's default (the number of CPUs)")
+	flag.IntVar(&c.grpcConns, "grpc-connections", 1, "gRPC client connections the workers share (Envoy multiplexes its checks on one HTTP/2 connection per worker thread)")
+	flag.IntVar(&c.validatorProcs, "validator-gomaxprocs", 0, "GOMAXPROCS of the validator processes; 0 keeps Go's default (the number of CPUs)")
 	flag.Parse()
+	for w := range strings.SplitSeq(workers, ",") {
+		if w = strings.TrimSpace(w); w == "" {
+			continue
+		}
+		n, err := strconv.Atoi(w)
+		if err != nil || n < 1 {
+			fmt.Fprintln(os.Stderr, "loadtest: bad -workers:", workers)
+			os.Exit(2)
+		}
+		c.workers = append(c.workers, n)
+	}
+	switch c.oauth2Logging {
+	case "on", "off", "both":
+	default:
+		fmt.Fprintln(os.Stderr, "loadtest: -oauth2-proxy-logging must be on, off or both")
+		os.Exit(2)
+	}
 	ctrl.SetLogger(zap.New(zap.WriteTo(io.Discard)))
 	if err := run(c); err != nil {
 		fmt.Fprintln(os.Stderr, "loadtest:", err)
 		os.Exit(1)
 	}
+}
+
+// validatorProc is a running `keyward validator` process.
+type validatorProc struct {
+	name, bin  string
+	pid        int
+	http, grpc string
+}
+
+// target is a path wrk loads: a server of the nginx under test.
+type target struct {
+	name, title string
+	listen      string
+	// validator, when set, is the validator this target asks.
+	validator *validatorProc
+	// authPID is the auth service's process (validator or oauth2-proxy), if any.
+	authPID int
+	// CPU seconds of nginx's workers and of the auth service, and requests, over the rounds.
+	nginxCPU, authCPU, requests float64
 }
 
 func run(c config) error {
@@ -87,7 +131,7 @@ func run(c config) error {
 		return err
 	}
 	defer func() { _ = os.RemoveAll(dir) }()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Minute)
 	defer cancel()
 	var stops []func()
 	defer func() {
@@ -172,156 +216,248 @@ func run(c config) error {
 	}
 	stops = append(stops, serveDiscovery(discoveryAddr, issuerURL, jwks))
 
-	step("starting keyward validator")
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	if err := writeKubeconfig(env, kubeconfig); err != nil {
 		return err
 	}
-	vHTTP, _ := freeAddr()
-	vGRPC, _ := freeAddr()
-	vProbe, _ := freeAddr()
-	validatorEnv = nil
-	if c.validatorProcs > 0 {
-		validatorEnv = []string{fmt.Sprintf("GOMAXPROCS=%d", c.validatorProcs)}
+	validators := []*validatorProc{{name: "keyward", bin: c.keyward}}
+	if c.compareKeyward != "" {
+		validators = append(validators, &validatorProc{name: "keyward-b", bin: c.compareKeyward})
 	}
-	stop, err := startProcess(dir, "keyward", c.keyward, "validator", "--kubeconfig", kubeconfig, "--authz-addr", vHTTP,
-		"--authz-grpc-addr", vGRPC, "--health-probe-bind-address", vProbe, "--metrics-bind-address", "0")
-	if err != nil {
-		return err
-	}
-	stops = append(stops, stop)
-	validatorPID := lastPID
-	if err := poll(ctx, time.Minute, func() bool {
-		return httpStatus("http://"+vHTTP+"/authz/api", map[string]string{"Host": "app.example.test", "Authorization": "Bearer " + tok}) == 200
-	}); err != nil {
-		return errors.New("the validator does not allow the token")
-	}
-
-	oauthAddr := ""
-	if c.oauth2Proxy != "" {
-		step("starting oauth2-proxy")
-		oauthAddr, _ = freeAddr()
-		stop, err := startProcess(dir, "oauth2-proxy", c.oauth2Proxy,
-			"--http-address="+oauthAddr, "--provider=oidc", "--oidc-issuer-url="+issuerURL, "--client-id=api",
-			"--client-secret=unused", "--cookie-secret=0123456789abcdef0123456789abcdef", "--cookie-secure=false",
-			"--email-domain=*", "--skip-jwt-bearer-tokens=true", "--set-xauthrequest=true", "--upstream=static://200",
-			"--insecure-oidc-allow-unverified-email=true", "--redirect-url=http://app.example.test/oauth2/callback",
-			"--skip-provider-button=true", "--request-logging=false", "--auth-logging=false", "--standard-logging=false")
+	for _, v := range validators {
+		step("starting " + v.name + " validator (" + v.bin + ")")
+		v.http, _ = freeAddr()
+		v.grpc, _ = freeAddr()
+		probe, _ := freeAddr()
+		var env []string
+		if c.validatorProcs > 0 {
+			env = []string{fmt.Sprintf("GOMAXPROCS=%d", c.validatorProcs)}
+		}
+		stop, pid, err := startProcess(dir, v.name, env, v.bin, "validator", "--kubeconfig", kubeconfig, "--authz-addr", v.http,
+			"--authz-grpc-addr", v.grpc, "--health-probe-bind-address", probe, "--metrics-bind-address", "0")
 		if err != nil {
 			return err
 		}
 		stops = append(stops, stop)
+		v.pid = pid
 		if err := poll(ctx, time.Minute, func() bool {
-			return httpStatus("http://"+oauthAddr+"/oauth2/auth", map[string]string{"Authorization": "Bearer " + tok}) == 202
+			return httpStatus("http://"+v.http+"/authz/api", map[string]string{"Host": "app.example.test", "Authorization": "Bearer " + tok}) == 200
 		}); err != nil {
-			return errors.New("oauth2-proxy does not accept the token (see its log)")
+			return fmt.Errorf("the %s validator does not allow the token", v.name)
+		}
+	}
+
+	// oauth2-proxy, as shipped (its default logging, to a file) and/or with logging off.
+	oauthModes := map[string][]string{"on": {"on"}, "off": {"off"}, "both": {"on", "off"}}[c.oauth2Logging]
+	oauthAddrs, oauthPIDs := map[string]string{}, map[string]int{}
+	if c.oauth2Proxy != "" {
+		for _, mode := range oauthModes {
+			step("starting oauth2-proxy (logging " + mode + ")")
+			addr, _ := freeAddr()
+			args := []string{"--http-address=" + addr, "--provider=oidc", "--oidc-issuer-url=" + issuerURL, "--client-id=api",
+				"--client-secret=unused", "--cookie-secret=0123456789abcdef0123456789abcdef", "--cookie-secure=false",
+				"--email-domain=*", "--skip-jwt-bearer-tokens=true", "--set-xauthrequest=true", "--upstream=static://200",
+				"--insecure-oidc-allow-unverified-email=true", "--redirect-url=http://app.example.test/oauth2/callback",
+				"--skip-provider-button=true"}
+			if mode == "off" {
+				args = append(args, "--request-logging=false", "--auth-logging=false", "--standard-logging=false")
+			}
+			stop, pid, err := startProcess(dir, "oauth2-proxy-logging-"+mode, nil, c.oauth2Proxy, args...)
+			if err != nil {
+				return err
+			}
+			stops = append(stops, stop)
+			if err := poll(ctx, time.Minute, func() bool {
+				return httpStatus("http://"+addr+"/oauth2/auth", map[string]string{"Authorization": "Bearer " + tok}) == 202
+			}); err != nil {
+				return errors.New("oauth2-proxy does not accept the token (see its log)")
+			}
+			oauthAddrs[mode], oauthPIDs[mode] = addr, pid
 		}
 	}
 
 	step("starting nginx")
-	ports := map[string]string{}
-	for _, name := range []string{"static", "baseline", "keyward", "oauth2"} {
-		ports[name], _ = freeAddr()
+	targets := []*target{{name: "baseline", title: "nginx -> static upstream"}}
+	var authServers []authServer
+	for _, v := range validators {
+		t := &target{name: v.name, title: "nginx -> " + v.name + " validator -> upstream", validator: v, authPID: v.pid}
+		if v.name != "keyward" {
+			t.title = "nginx -> " + v.name + " (" + v.bin + ") -> upstream"
+		}
+		targets = append(targets, t)
+		authServers = append(authServers, authServer{Name: v.name, Upstream: v.http, AuthPath: "/authz", Keyward: true})
 	}
-	stop, err = startNginx(c, dir, ports, vHTTP, oauthAddr)
+	for _, mode := range oauthModes {
+		if addr := oauthAddrs[mode]; addr != "" {
+			name := "oauth2-proxy"
+			title := "nginx -> oauth2-proxy v7.15.6 (as shipped: default logging, to a file) -> upstream"
+			if mode == "off" {
+				title = "nginx -> oauth2-proxy v7.15.6 (logging off) -> upstream"
+			}
+			if len(oauthModes) > 1 || mode == "off" {
+				name = "oauth2-proxy-logging-" + mode
+			}
+			targets = append(targets, &target{name: name, title: title, authPID: oauthPIDs[mode]})
+			authServers = append(authServers, authServer{Name: name, Upstream: addr, AuthPath: "/oauth2/auth"})
+		}
+	}
+	static, _ := freeAddr()
+	for _, t := range targets {
+		t.listen, _ = freeAddr()
+	}
+	for i := range authServers {
+		authServers[i].Listen = targets[i+1].listen
+		authServers[i].ID = i
+	}
+	stop, nginxPID, err := startNginx(c, dir, static, targets[0].listen, authServers)
 	if err != nil {
 		return err
 	}
 	stops = append(stops, stop)
 
-	targets := []string{"baseline", "keyward"}
-	if oauthAddr != "" {
-		targets = append(targets, "oauth2")
-	}
 	for _, t := range targets {
-		url := "http://" + ports[t] + "/api/items"
+		url := "http://" + t.listen + "/api/items"
 		if st := httpStatus(url, map[string]string{"Host": "app.example.test", "Authorization": "Bearer " + tok}); st != 200 {
-			return fmt.Errorf("nginx -> %s answers %d before the load", t, st)
+			return fmt.Errorf("%s answers %d before the load", t.title, st)
 		}
 	}
 	rounds := max(c.rounds, 1)
 	slice := c
 	slice.duration = max((c.duration / time.Duration(rounds)).Truncate(time.Second), time.Second) // wrk takes whole seconds
 	perRound := map[string][]wrkResult{}
-	var keywardCPU, keywardChecks float64
+	nginxWorkers := childPIDs(nginxPID)
 	for r := range rounds {
 		for _, t := range targets {
-			step(fmt.Sprintf("round %d/%d, wrk: nginx -> %s for %s", r+1, rounds, t, slice.duration))
-			cpuBefore := cpuSeconds(validatorPID)
-			res, err := runWrk(ctx, slice, "http://"+ports[t]+"/api/items", tok)
+			step(fmt.Sprintf("round %d/%d, wrk: %s for %s", r+1, rounds, t.title, slice.duration))
+			nginx0, auth0 := cpuSeconds(nginxWorkers...), cpuSeconds(t.authPID)
+			res, err := runWrk(ctx, slice, "http://"+t.listen+"/api/items", tok)
 			if err != nil {
 				return err
 			}
-			if t == "keyward" {
-				keywardCPU += cpuSeconds(validatorPID) - cpuBefore
-				keywardChecks += res.requests
-			}
-			perRound[t] = append(perRound[t], res)
+			t.nginxCPU += cpuSeconds(nginxWorkers...) - nginx0
+			t.authCPU += cpuSeconds(t.authPID) - auth0
+			t.requests += res.requests
+			perRound[t.name] = append(perRound[t.name], res)
 		}
 	}
 	results := map[string]wrkResult{}
 	for t, rs := range perRound {
 		results[t] = combine(rs)
 	}
-	step("wrk: the validator's HTTP endpoint directly (Envoy-style /authz/<path>)")
-	direct, err := runWrk(ctx, slice, "http://"+vHTTP+"/authz/api/items", tok)
-	if err != nil {
-		return err
+	direct := map[string]wrkResult{}
+	for _, v := range validators {
+		step("wrk: the " + v.name + " validator's HTTP endpoint directly (Envoy-style /authz/<path>)")
+		res, err := runWrk(ctx, slice, "http://"+v.http+"/authz/api/items", tok)
+		if err != nil {
+			return err
+		}
+		direct[v.name] = res
 	}
-	step("Go load generator: HTTP /authz vs gRPC Check, same concurrency")
-	cpu0 := cpuSeconds(validatorPID)
-	httpRate, httpN, err := loadHTTP(ctx, c, vHTTP, tok)
-	if err != nil {
-		return err
+
+	// The Go load generator: HTTP /authz and gRPC Check in alternation, at each concurrency.
+	type genResult struct{ checks, seconds, cpu, clientCPU float64 }
+	gen := map[string]*genResult{} // key: validator/front end/workers
+	for _, w := range c.workers {
+		for r := range rounds {
+			for _, v := range validators {
+				for _, fe := range []string{"http", "grpc"} {
+					step(fmt.Sprintf("round %d/%d, Go load generator: %s %s, %d workers, %s", r+1, rounds, v.name, fe, w, slice.duration))
+					cpu0, client0 := cpuSeconds(v.pid), selfCPUSeconds()
+					var n int64
+					var secs float64
+					var err error
+					if fe == "http" {
+						n, secs, err = loadHTTP(ctx, slice, w, v.http, tok)
+					} else {
+						n, secs, err = loadGRPC(ctx, slice, w, v.grpc, tok)
+					}
+					if err != nil {
+						return fmt.Errorf("%s %s: %w", v.name, fe, err)
+					}
+					key := fmt.Sprintf("%s/%s/%d", v.name, fe, w)
+					if gen[key] == nil {
+						gen[key] = &genResult{}
+					}
+					g := gen[key]
+					g.checks += float64(n)
+					g.seconds += secs
+					g.cpu += cpuSeconds(v.pid) - cpu0
+					g.clientCPU += selfCPUSeconds() - client0
+				}
+			}
+		}
 	}
-	cpu1 := cpuSeconds(validatorPID)
-	grpcRate, grpcN, err := loadGRPC(ctx, c, vGRPC, tok)
-	if err != nil {
-		return err
-	}
-	cpu2 := cpuSeconds(validatorPID)
-	httpCPU := (cpu1 - cpu0) / float64(httpN) * 1e6
-	grpcCPU := (cpu2 - cpu1) / float64(grpcN) * 1e6
 
 	procs := "default"
 	if c.validatorProcs > 0 {
 		procs = strconv.Itoa(c.validatorProcs)
 	}
-	fmt.Printf("\n## Validator load test (%s per path in %d rounds of %s, wrk -t%d -c%d, nginx worker_processes %d, validator GOMAXPROCS %s)\n\n",
-		slice.duration*time.Duration(rounds), rounds, slice.duration, c.threads, c.connections, c.nginxWorkers, procs)
-	fmt.Println("| path | requests/s | p50 (median of rounds) | p99 (median of rounds) | non-2xx | vs nginx alone |")
-	fmt.Println("|---|---:|---:|---:|---:|---:|")
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Printf("\n## Validator load test (%s per path in %d rounds of %s, wrk -t%d -c%d, nginx worker_processes %d, validator GOMAXPROCS %s; load average at the end: %s)\n\n",
+		slice.duration*time.Duration(rounds), rounds, slice.duration, c.threads, c.connections, c.nginxWorkers, procs, strings.TrimSpace(string(load)))
+	fmt.Println("| path | requests/s | p50 (median of rounds) | p99 (median of rounds) | non-2xx | vs nginx alone | CPU per request: nginx / auth service |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|")
 	base := results["baseline"].rps
-	names := map[string]string{"baseline": "nginx -> static upstream", "keyward": "nginx -> keyward validator -> upstream", "oauth2": "nginx -> oauth2-proxy v7.15.6 -> upstream"}
 	for _, t := range targets {
-		r := results[t]
-		fmt.Printf("| %s | %.0f | %s | %s | %d | %.2fx |\n", names[t], r.rps, r.p50, r.p99, r.non2xx, r.rps/base)
+		r := results[t.name]
+		auth := "-"
+		if t.authPID != 0 {
+			auth = fmt.Sprintf("%.1f µs", t.authCPU/t.requests*1e6)
+		}
+		fmt.Printf("| %s | %.0f | %s | %s | %d | %.2fx | %.1f µs / %s |\n", t.title, r.rps, r.p50, r.p99, r.non2xx, r.rps/base, t.nginxCPU/t.requests*1e6, auth)
 	}
-	fmt.Printf("| keyward /authz directly (no nginx) | %.0f | %s | %s | %d | |\n", direct.rps, direct.p50, direct.p99, direct.non2xx)
-	if oauthAddr != "" {
-		fmt.Printf("\nkeyward / oauth2-proxy: %.2fx\n", results["keyward"].rps/results["oauth2"].rps)
+	for _, v := range validators {
+		d := direct[v.name]
+		fmt.Printf("| %s /authz directly (no nginx) | %.0f | %s | %s | %d | | |\n", v.name, d.rps, d.p50, d.p99, d.non2xx)
 	}
-	fmt.Printf("\nValidator CPU per check behind nginx: %.1f µs (%.0f checks per validator CPU-second)\n",
-		keywardCPU/keywardChecks*1e6, keywardChecks/keywardCPU)
+	fmt.Println()
+	for _, v := range validators {
+		for _, t := range targets {
+			if strings.HasPrefix(t.name, "oauth2") {
+				fmt.Printf("%s / %s: %.2fx\n", v.name, t.name, results[v.name].rps/results[t.name].rps)
+			}
+		}
+		for _, t := range targets {
+			if t.validator == v && t.requests > 0 {
+				fmt.Printf("%s validator CPU per check behind nginx: %.1f µs (%.0f checks per validator CPU-second); peak RSS %s\n",
+					v.name, t.authCPU/t.requests*1e6, t.requests/t.authCPU, peakRSS(v.pid))
+			}
+		}
+	}
+	if len(validators) > 1 {
+		fmt.Printf("keyward / keyward-b: %.2fx\n", results["keyward"].rps/results["keyward-b"].rps)
+	}
 	fmt.Println("\nPer round (requests/s, p99):")
 	for r := range rounds {
 		line := fmt.Sprintf("- round %d:", r+1)
 		for _, t := range targets {
-			line += fmt.Sprintf(" %s %.0f (%s);", t, perRound[t][r].rps, perRound[t][r].p99)
+			line += fmt.Sprintf(" %s %.0f (%s);", t.name, perRound[t.name][r].rps, perRound[t.name][r].p99)
 		}
-		line += fmt.Sprintf(" keyward/baseline %.2fx", perRound["keyward"][r].rps/perRound["baseline"][r].rps)
-		if oauthAddr != "" {
-			line += fmt.Sprintf(", keyward/oauth2-proxy %.2fx", perRound["keyward"][r].rps/perRound["oauth2"][r].rps)
+		b := perRound["baseline"][r].rps
+		for _, t := range targets[1:] {
+			line += fmt.Sprintf(" %s/baseline %.2fx;", t.name, perRound[t.name][r].rps/b)
 		}
-		fmt.Println(line)
+		for _, t := range targets {
+			if strings.HasPrefix(t.name, "oauth2") {
+				line += fmt.Sprintf(" keyward/%s %.2fx;", t.name, perRound["keyward"][r].rps/perRound[t.name][r].rps)
+			}
+		}
+		fmt.Println(strings.TrimSuffix(line, ";"))
 	}
-	fmt.Printf("\nGo load generator, %d workers (HTTP: %d keep-alive connections; gRPC: %d HTTP/2 connections), %s each, client and validator on the same 2 cores:\n",
-		c.connections, c.connections, max(c.grpcConns, 1), c.duration)
-	fmt.Println("| front end | checks/s | validator CPU per check | checks per validator CPU-second |")
-	fmt.Println("|---|---:|---:|---:|")
-	fmt.Printf("| HTTP /authz (Envoy-style) | %.0f | %.1f µs | %.0f |\n", httpRate, httpCPU, 1e6/httpCPU)
-	fmt.Printf("| gRPC Authorization/Check | %.0f | %.1f µs | %.0f |\n", grpcRate, grpcCPU, 1e6/grpcCPU)
-	fmt.Printf("\ngRPC/HTTP: %.2fx checks/s, %.2fx checks per validator CPU-second\n", grpcRate/httpRate, httpCPU/grpcCPU)
+	if len(c.workers) > 0 {
+		fmt.Printf("\nGo load generator (HTTP: one keep-alive connection per worker; gRPC: the workers share %d HTTP/2 connection(s)), %s per front end and concurrency in %d rounds, alternating; client and validator on the same machine:\n",
+			max(c.grpcConns, 1), slice.duration*time.Duration(rounds), rounds)
+		fmt.Println("| validator | workers | HTTP checks/s | gRPC checks/s | gRPC/HTTP | validator CPU per check HTTP / gRPC | load generator CPU per check HTTP / gRPC |")
+		fmt.Println("|---|---:|---:|---:|---:|---:|---:|")
+		for _, v := range validators {
+			for _, w := range c.workers {
+				h, g := gen[fmt.Sprintf("%s/http/%d", v.name, w)], gen[fmt.Sprintf("%s/grpc/%d", v.name, w)]
+				hr, gr := h.checks/h.seconds, g.checks/g.seconds
+				fmt.Printf("| %s | %d | %.0f | %.0f | %.2fx | %.1f / %.1f µs | %.1f / %.1f µs |\n", v.name, w, hr, gr, gr/hr,
+					h.cpu/h.checks*1e6, g.cpu/g.checks*1e6, h.clientCPU/h.checks*1e6, g.clientCPU/g.checks*1e6)
+			}
+		}
+	}
 	return nil
 }
 
@@ -398,26 +534,17 @@ func serveDiscovery(addr, issuer, jwks string) func() {
 	return func() { _ = srv.Close() }
 }
 
-// lastPID is the pid of the process startProcess started last; validatorEnv is added to the
-// environment of the next process it starts.
-var (
-	lastPID      int
-	validatorEnv []string
-)
-
-func startProcess(dir, name, bin string, args ...string) (func(), error) {
+func startProcess(dir, name string, env []string, bin string, args ...string) (stop func(), pid int, err error) {
 	logf, err := os.Create(filepath.Join(dir, name+".log")) //nolint:gosec // a log file in the run's own temporary directory
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	cmd := exec.Command(bin, args...) //nolint:gosec // the binaries are this tool's flags, run by the developer
-	cmd.Env = append(os.Environ(), validatorEnv...)
-	validatorEnv = nil
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("cannot start %s: %w", name, err)
+		return nil, 0, fmt.Errorf("cannot start %s: %w", name, err)
 	}
-	lastPID = cmd.Process.Pid
 	return func() {
 		_ = cmd.Process.Signal(os.Interrupt)
 		done := make(chan struct{})
@@ -433,7 +560,19 @@ func startProcess(dir, name, bin string, args ...string) (func(), error) {
 			data, _ := os.ReadFile(logf.Name())
 			fmt.Fprintf(os.Stderr, "----- %s -----\n%s\n", name, data)
 		}
-	}, nil
+	}, cmd.Process.Pid, nil
+}
+
+// authServer is an nginx server that asks an auth service (auth_request) and then proxies to
+// the static upstream.
+type authServer struct {
+	ID       int
+	Name     string
+	Listen   string
+	Upstream string
+	AuthPath string
+	// Keyward selects the README's snippet; otherwise oauth2-proxy's (/oauth2/auth).
+	Keyward bool
 }
 
 var nginxConf = template.Must(template.New("nginx").Parse(`
@@ -451,8 +590,6 @@ http {
   scgi_temp_path {{.Dir}}/scgi;
 
   upstream static  { server {{.Static}}; keepalive 64; }
-  upstream keyward { server {{.Validator}}; keepalive 64; }
-  {{if .OAuth}}upstream oauth2  { server {{.OAuth}}; keepalive 64; }{{end}}
 
   # The static upstream every path ends at.
   server {
@@ -469,13 +606,15 @@ http {
       proxy_pass http://static;
     }
   }
-
-  # nginx -> keyward validator (auth_request) -> static upstream: the README's snippet.
+{{range .Auth}}
+  upstream auth{{.ID}} { server {{.Upstream}}; keepalive 64; }
+{{if .Keyward}}
+  # nginx -> {{.Name}} (auth_request) -> static upstream: the README's snippet.
   server {
-    listen {{.Keyward}};
-    location = /_keyward {
+    listen {{.Listen}};
+    location = /_auth {
       internal;
-      proxy_pass http://keyward/authz;
+      proxy_pass http://auth{{.ID}}{{.AuthPath}};
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_pass_request_body off;
@@ -488,7 +627,7 @@ http {
       proxy_set_header X-Forwarded-Method "";
     }
     location / {
-      auth_request /_keyward;
+      auth_request /_auth;
       auth_request_set $kw_user   $upstream_http_x_auth_request_user;
       auth_request_set $kw_email  $upstream_http_x_auth_request_email;
       auth_request_set $kw_groups $upstream_http_x_auth_request_groups;
@@ -500,13 +639,13 @@ http {
       proxy_pass http://static;
     }
   }
-{{if .OAuth}}
-  # nginx -> oauth2-proxy (auth_request to /oauth2/auth) -> static upstream.
+{{else}}
+  # nginx -> {{.Name}} (auth_request to /oauth2/auth) -> static upstream.
   server {
-    listen {{.OAuth2Listen}};
-    location = /_oauth2 {
+    listen {{.Listen}};
+    location = /_auth {
       internal;
-      proxy_pass http://oauth2/oauth2/auth;
+      proxy_pass http://auth{{.ID}}{{.AuthPath}};
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_pass_request_body off;
@@ -514,7 +653,7 @@ http {
       proxy_set_header X-Original-URI $request_uri;
     }
     location / {
-      auth_request /_oauth2;
+      auth_request /_auth;
       auth_request_set $o_user   $upstream_http_x_auth_request_user;
       auth_request_set $o_email  $upstream_http_x_auth_request_email;
       auth_request_set $o_groups $upstream_http_x_auth_request_groups;
@@ -526,36 +665,37 @@ http {
       proxy_pass http://static;
     }
   }
-{{end}}
+{{end}}{{end}}
 }
 `))
 
-func startNginx(c config, dir string, ports map[string]string, validatorAddr, oauthAddr string) (func(), error) {
+func startNginx(c config, dir, static, baseline string, auth []authServer) (stop func(), pid int, err error) {
 	conf := filepath.Join(dir, "nginx.conf")
 	f, err := os.Create(conf) //nolint:gosec // the nginx config in the run's own temporary directory
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	err = nginxConf.Execute(f, map[string]any{"Dir": dir, "Workers": c.nginxWorkers, "Static": ports["static"], "Baseline": ports["baseline"],
-		"Keyward": ports["keyward"], "Validator": validatorAddr, "OAuth": oauthAddr, "OAuth2Listen": ports["oauth2"]})
+	err = nginxConf.Execute(f, map[string]any{"Dir": dir, "Workers": c.nginxWorkers, "Static": static, "Baseline": baseline, "Auth": auth})
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	stop, err := startProcess(dir, "nginx", c.nginx, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "nginx-error.log"))
+	stop, pid, err = startProcess(dir, "nginx", nil, c.nginx, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "nginx-error.log"))
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	for range 100 {
-		if conn, err := net.Dial("tcp", ports["keyward"]); err == nil {
+		if conn, err := net.Dial("tcp", baseline); err == nil {
 			_ = conn.Close()
-			return stop, nil
+			if len(childPIDs(pid)) == c.nginxWorkers {
+				return stop, pid, nil
+			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return stop, errors.New("nginx did not start")
+	return stop, pid, errors.New("nginx did not start")
 }
 
 type wrkResult struct {
@@ -607,7 +747,8 @@ var (
 )
 
 func runWrk(ctx context.Context, c config, url, tok string) (wrkResult, error) {
-	cmd := exec.CommandContext(ctx, c.wrk, //nolint:gosec // wrk with this tool's own arguments fmt.Sprintf("-t%d", c.threads), fmt.Sprintf("-c%d", c.connections),
+	//nolint:gosec // wrk with this tool's own arguments
+	cmd := exec.CommandContext(ctx, c.wrk, fmt.Sprintf("-t%d", c.threads), fmt.Sprintf("-c%d", c.connections),
 		fmt.Sprintf("-d%ds", int(c.duration.Seconds())), "--latency",
 		"-H", "Host: app.example.test", "-H", "Authorization: Bearer "+tok, url)
 	out, err := cmd.CombinedOutput()
@@ -647,13 +788,13 @@ func indent(s string) string {
 	return b.String()
 }
 
-// loadHTTP runs c.connections goroutines asking the validator's HTTP endpoint, Envoy-style,
-// for c.duration, and returns the allowed checks per second.
-func loadHTTP(ctx context.Context, c config, addr, tok string) (float64, int64, error) {
-	tr := &http.Transport{MaxIdleConnsPerHost: c.connections, MaxConnsPerHost: c.connections}
+// loadHTTP runs workers goroutines asking the validator's HTTP endpoint, Envoy-style, each on
+// its own keep-alive connection, for c.duration, and returns the allowed checks and the time.
+func loadHTTP(ctx context.Context, c config, workers int, addr, tok string) (int64, float64, error) {
+	tr := &http.Transport{MaxIdleConnsPerHost: workers, MaxConnsPerHost: workers}
 	cl := &http.Client{Transport: tr, Timeout: 5 * time.Second}
 	defer tr.CloseIdleConnections()
-	return loadLoop(ctx, c, func() func() error {
+	return loadLoop(ctx, c.duration, workers, func() func() error {
 		return func() error {
 			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/authz/api/items", nil)
 			req.Host = "app.example.test"
@@ -674,8 +815,7 @@ func loadHTTP(ctx context.Context, c config, addr, tok string) (float64, int64, 
 
 // loadGRPC does the same through Authorization/Check, the workers sharing c.grpcConns
 // HTTP/2 connections, as Envoy multiplexes its checks.
-func loadGRPC(ctx context.Context, c config, addr, tok string) (float64, int64, error) {
-	clients := make(chan authv3.AuthorizationClient, c.connections)
+func loadGRPC(ctx context.Context, c config, workers int, addr, tok string) (int64, float64, error) {
 	conns := make([]authv3.AuthorizationClient, 0, c.grpcConns)
 	for range max(c.grpcConns, 1) {
 		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -685,41 +825,40 @@ func loadGRPC(ctx context.Context, c config, addr, tok string) (float64, int64, 
 		defer func() { _ = conn.Close() }()
 		conns = append(conns, authv3.NewAuthorizationClient(conn))
 	}
-	for i := range c.connections {
+	clients := make(chan authv3.AuthorizationClient, workers)
+	for i := range workers {
 		clients <- conns[i%len(conns)]
 	}
 	req := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{
 		Http: &authv3.AttributeContext_HttpRequest{Method: "GET", Host: "app.example.test", Path: "/api/items",
 			Headers: map[string]string{"authorization": "Bearer " + tok, ":authority": "app.example.test", ":path": "/api/items", ":method": "GET"}},
 	}}}
-	return loadLoop(ctx, c, func() func() error {
+	return loadLoop(ctx, c.duration, workers, func() func() error {
 		authz := <-clients
 		return func() error { return grpcCall(ctx, authz, req) }
 	})
 }
 
 func grpcCall(ctx context.Context, authz authv3.AuthorizationClient, req *authv3.CheckRequest) error {
-	{
-		resp, err := authz.Check(ctx, req)
-		if err != nil {
-			return err
-		}
-		if resp.GetStatus().GetCode() != int32(codes.OK) {
-			return fmt.Errorf("code %d", resp.GetStatus().GetCode())
-		}
-		return nil
+	resp, err := authz.Check(ctx, req)
+	if err != nil {
+		return err
 	}
+	if resp.GetStatus().GetCode() != int32(codes.OK) {
+		return fmt.Errorf("code %d", resp.GetStatus().GetCode())
+	}
+	return nil
 }
 
-// loadLoop runs c.connections workers, each with its own call from newCall, for c.duration
-// and returns the rate and count of successful calls.
-func loadLoop(ctx context.Context, c config, newCall func() func() error) (float64, int64, error) {
+// loadLoop runs workers goroutines, each with its own call from newCall, for d and returns
+// the number of successful calls and the time taken.
+func loadLoop(ctx context.Context, d time.Duration, workers int, newCall func() func() error) (int64, float64, error) {
 	var n atomic.Int64
 	var firstErr atomic.Value
-	deadline := time.Now().Add(c.duration)
+	deadline := time.Now().Add(d)
 	var wg sync.WaitGroup
 	start := time.Now()
-	for range c.connections {
+	for range workers {
 		call := newCall()
 		wg.Go(func() {
 			for time.Now().Before(deadline) && ctx.Err() == nil {
@@ -735,18 +874,61 @@ func loadLoop(ctx context.Context, c config, newCall func() func() error) (float
 	if err, ok := firstErr.Load().(error); ok {
 		return 0, 0, err
 	}
-	return float64(n.Load()) / time.Since(start).Seconds(), n.Load(), nil
+	return n.Load(), time.Since(start).Seconds(), nil
 }
 
-// cpuSeconds is the user+system CPU time of a process, from /proc.
-func cpuSeconds(pid int) float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+// peakRSS is a process's peak resident set size (VmHWM), from /proc.
+func peakRSS(pid int) string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
+		return "?"
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "?"
+}
+
+// cpuSeconds is the user+system CPU time of processes, from /proc; 0 for pid 0.
+func cpuSeconds(pids ...int) float64 {
+	var sum float64
+	for _, pid := range pids {
+		if pid == 0 {
+			continue
+		}
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(data)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		utime, _ := strconv.ParseFloat(fields[11], 64)
+		stime, _ := strconv.ParseFloat(fields[12], 64)
+		sum += (utime + stime) / 100 // USER_HZ
+	}
+	return sum
+}
+
+// selfCPUSeconds is this process's user+system CPU time (the load generator's, plus the
+// idle controllers of the run).
+func selfCPUSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0
 	}
-	s := string(data)
-	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	utime, _ := strconv.ParseFloat(fields[11], 64)
-	stime, _ := strconv.ParseFloat(fields[12], 64)
-	return (utime + stime) / 100 // USER_HZ
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// childPIDs are the children of a process (nginx's workers), from /proc.
+func childPIDs(pid int) []int {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	var pids []int
+	for f := range strings.FieldsSeq(string(data)) {
+		if p, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, p)
+		}
+	}
+	return pids
 }

@@ -130,7 +130,7 @@ func (c *Checker) check(ctx context.Context, req *Request) Decision {
 		d.Headers = append(d.Headers, Header{HeaderGroups, e.groups})
 	}
 	for _, m := range rule.headers {
-		if v, ok := claimHeaderValue(claims, m.claim); ok {
+		if v, ok := claimHeaderValue(e, m.claim); ok {
 			d.Headers = append(d.Headers, Header{m.name, v})
 		}
 	}
@@ -250,7 +250,8 @@ func claimsMap(c *token.Claims) map[string]any {
 // claimHeaderValue renders a claim as a header value: strings as they are, lists of strings
 // comma-joined, numbers and booleans as JSON. Objects, missing claims and values with control
 // characters give no header.
-func claimHeaderValue(c *token.Claims, name string) (string, bool) {
+func claimHeaderValue(e *cacheEntry, name string) (string, bool) {
+	c := e.claims
 	var v string
 	switch name {
 	case "iss":
@@ -272,7 +273,7 @@ func claimHeaderValue(c *token.Claims, name string) (string, bool) {
 	case "email":
 		v = c.Email
 	case "groups":
-		v = strings.Join(c.Groups, ",")
+		v = e.groups
 	case "exp", "nbf", "iat":
 		t := map[string]time.Time{"exp": c.ExpiresAt, "nbf": c.NotBefore, "iat": c.IssuedAt}[name]
 		if !t.IsZero() {

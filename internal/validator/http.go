@@ -1,6 +1,7 @@
 package validator
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,11 +12,14 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/valyala/fasthttp"
 )
 
 // AuthzPathPrefix is the path prefix of the HTTP forward-auth endpoint. Envoy's HTTP mode
 // appends the original path to it.
 const AuthzPathPrefix = "/authz"
+
+var authzPrefix = []byte(AuthzPathPrefix)
 
 // Forwarded headers read from trusted proxies only.
 const (
@@ -27,26 +31,67 @@ const (
 	hdrForwardedMeth  = "X-Forwarded-Method"
 )
 
+// Limits of the HTTP server (the net/http values it had before it moved to fasthttp).
+const (
+	// httpMaxHeaderBytes caps the request line and header fields: nginx passes the client's
+	// headers on (cookies included, up to its large_client_header_buffers of 4 x 8k).
+	// fasthttp reads a request's header within one buffer of this size per connection and
+	// answers 431 beyond it.
+	httpMaxHeaderBytes = 64 << 10
+	// httpMaxBodyBytes caps a request body, which the validator never reads (nginx sends none;
+	// Envoy may with with_request_body): fasthttp reads it before the handler runs and answers
+	// 413 beyond it. The gRPC front end takes messages up to the same size.
+	httpMaxBodyBytes = 1 << 20
+	httpReadTimeout  = 10 * time.Second
+	httpWriteTimeout = 10 * time.Second
+	httpIdleTimeout  = 2 * time.Minute
+	httpShutdownWait = 10 * time.Second
+)
+
 // httpHandler is the HTTP forward-auth front end: it translates the proxy's request into a
-// Request and the Decision into a response, nothing more.
+// Request and the Decision into a response, nothing more. It answers every method on
+// /authz and every path under /authz/, and 404 elsewhere.
 type httpHandler struct {
 	checker *Checker
 	trusted []netip.Prefix
 	log     logr.Logger
 }
 
-func (h *httpHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	req := requestFromHTTP(r, h.isTrusted(r.RemoteAddr))
-	d := h.checker.Check(r.Context(), req)
-	writeDecision(w, &d)
+func (h *httpHandler) serve(ctx *fasthttp.RequestCtx) {
+	defer func() {
+		// fasthttp does not recover a handler's panic: the process would die. The core
+		// recovers its own; this covers the translation, and denies.
+		if p := recover(); p != nil {
+			h.log.Error(nil, "Panic in the HTTP front end", "panic", p)
+			ctx.Response.Reset()
+			writeDecision(&ctx.Response, &Decision{Status: http.StatusUnauthorized})
+		}
+	}()
+	req, ok := requestFromHTTP(&ctx.Request.Header, h.isTrusted(peerAddr(ctx.RemoteAddr())))
+	if !ok {
+		ctx.SetStatusCode(http.StatusNotFound)
+		return
+	}
+	// Not ctx: fasthttp cancels every request's context when the server shuts down, which
+	// would turn the checks in flight during a graceful shutdown into denies. A check never
+	// blocks for long (an unknown kid of an external issuer waits at most unknownKIDWait).
+	d := h.checker.Check(context.Background(), req)
+	writeDecision(&ctx.Response, &d)
 }
 
-func (h *httpHandler) isTrusted(remoteAddr string) bool {
-	ap, err := netip.ParseAddrPort(remoteAddr)
-	if err != nil {
+// peerAddr is the address of a TCP peer; the zero Addr otherwise.
+func peerAddr(a net.Addr) netip.Addr {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr()
+	}
+	return netip.Addr{}
+}
+
+func (h *httpHandler) isTrusted(ip netip.Addr) bool {
+	if !ip.IsValid() {
 		return false
 	}
-	ip := ap.Addr().Unmap()
+	ip = ip.Unmap()
 	for _, p := range h.trusted {
 		if p.Contains(ip) {
 			return true
@@ -55,14 +100,42 @@ func (h *httpHandler) isTrusted(remoteAddr string) bool {
 	return false
 }
 
-// requestFromHTTP reads the original request. From a trusted proxy it reads, in addition to
-// the path after /authz (Envoy), Host and method: X-Original-URI, X-Original-URL,
-// X-Forwarded-Uri, X-Original-Method, X-Forwarded-Method and X-Forwarded-Host. Every source
-// present must agree (a client could otherwise add one the proxy does not overwrite); a
-// header sent twice is a conflict too. From any other caller it reads only the path after
-// /authz, Host and the request's own method.
-func requestFromHTTP(r *http.Request, trusted bool) Request {
-	req := Request{Protocol: ProtocolHTTP, Authorization: r.Header.Values("Authorization")}
+// requestFromHTTP reads the original request from the request line and header fields of
+// the proxy's request (the body is never looked at). ok is false when the request target is
+// not /authz or under /authz/.
+//
+// From a trusted proxy it reads, in addition to the path after /authz (Envoy), Host and
+// method: X-Original-URI, X-Original-URL, X-Forwarded-Uri, X-Original-Method,
+// X-Forwarded-Method and X-Forwarded-Host. Every source present must agree (a client could
+// otherwise add one the proxy does not overwrite); a header sent twice is a conflict too.
+// From any other caller it reads only the path after /authz, Host and the request's own
+// method. Paths keep their bytes as sent (no decoding or re-encoding); the core normalizes.
+func requestFromHTTP(h *fasthttp.RequestHeader, trusted bool) (req Request, ok bool) {
+	target, host := h.RequestURI(), ""
+	if len(target) == 0 || target[0] != '/' {
+		// The absolute form (GET http://host/authz/... HTTP/1.1), whose host wins over the
+		// Host header (RFC 9112, section 3.2.2).
+		var t string
+		if host, t, ok = splitURL(string(target)); !ok {
+			return Request{}, false
+		}
+		target = []byte(t)
+	}
+	suffix, found := bytes.CutPrefix(target, authzPrefix)
+	if !found || len(suffix) > 0 && suffix[0] != '/' && suffix[0] != '?' {
+		return Request{}, false
+	}
+	req = Request{Protocol: ProtocolHTTP}
+	if auth := h.PeekAll("Authorization"); len(auth) > 0 {
+		req.Authorization = make([]string, len(auth))
+		for i, v := range auth {
+			req.Authorization[i] = string(v)
+		}
+	}
+	// The raw path after the prefix: Envoy's HTTP mode sends /authz/<original path>.
+	if len(suffix) > 0 && suffix[0] == '/' {
+		req.Path = string(suffix)
+	}
 	var conflict bool
 	pick := func(cur *string, v string) {
 		if v == "" {
@@ -74,50 +147,67 @@ func requestFromHTTP(r *http.Request, trusted bool) Request {
 		}
 		*cur = v
 	}
-	one := func(name string) string {
-		vs := r.Header[name]
+	one := func(name string) []byte {
+		vs := h.PeekAll(name) // valid until the next PeekAll: copied by the caller
 		if len(vs) > 1 {
 			conflict = true
 		}
 		if len(vs) == 0 {
-			return ""
+			return nil
 		}
 		return vs[0]
 	}
-
-	// The raw path after the prefix: Envoy's HTTP mode sends /authz/<original path>.
-	rawPath := r.URL.EscapedPath()
-	if q := r.URL.RawQuery; q != "" {
-		rawPath += "?" + q
-	}
-	if suffix, ok := strings.CutPrefix(rawPath, AuthzPathPrefix); ok && strings.HasPrefix(suffix, "/") {
-		req.Path = suffix
-	}
 	if trusted {
-		pick(&req.Path, one(hdrOriginalURI))
-		if u := one(hdrOriginalURL); u != "" {
-			host, target, ok := splitURL(u)
+		pick(&req.Path, string(one(hdrOriginalURI)))
+		if u := one(hdrOriginalURL); len(u) > 0 {
+			host, target, ok := splitURL(string(u))
 			if !ok {
-				return Request{Protocol: ProtocolHTTP, Invalid: ReasonConflicting}
+				return Request{Protocol: ProtocolHTTP, Invalid: ReasonConflicting}, true
 			}
 			pick(&req.Host, host)
 			pick(&req.Path, target)
 		}
-		pick(&req.Path, one(hdrForwardedURI))
-		pick(&req.Method, one(hdrOriginalMethod))
-		pick(&req.Method, one(hdrForwardedMeth))
-		pick(&req.Host, one(hdrForwardedHost))
+		pick(&req.Path, string(one(hdrForwardedURI)))
+		pick(&req.Method, methodString(one(hdrOriginalMethod)))
+		pick(&req.Method, methodString(one(hdrForwardedMeth)))
+		pick(&req.Host, string(one(hdrForwardedHost)))
 	}
 	if req.Host == "" {
-		req.Host = r.Host
+		req.Host = host
+	}
+	if req.Host == "" {
+		req.Host = string(h.Host())
 	}
 	if req.Method == "" {
-		req.Method = r.Method
+		req.Method = methodString(h.Method())
 	}
 	if conflict {
 		req.Invalid = ReasonConflicting
 	}
-	return req
+	return req, true
+}
+
+// methodString returns the method as a string, without allocating for the usual ones.
+func methodString(m []byte) string {
+	switch string(m) {
+	case "":
+		return ""
+	case http.MethodGet:
+		return http.MethodGet
+	case http.MethodHead:
+		return http.MethodHead
+	case http.MethodPost:
+		return http.MethodPost
+	case http.MethodPut:
+		return http.MethodPut
+	case http.MethodPatch:
+		return http.MethodPatch
+	case http.MethodDelete:
+		return http.MethodDelete
+	case http.MethodOptions:
+		return http.MethodOptions
+	}
+	return string(m)
 }
 
 // splitURL splits an absolute URL into its host and its raw request target, keeping the
@@ -140,42 +230,49 @@ func splitURL(u string) (host, target string, ok bool) {
 	return host, target, true
 }
 
-var (
-	wwwInvalidToken      = []string{`Bearer error="invalid_token"`}
-	wwwInsufficientScope = []string{`Bearer error="insufficient_scope"`}
-	noStore              = []string{"no-store"}
-	// emptyValue is shared: net/http only reads header values.
-	emptyValue = []string{""}
+// Response header names and values.
+const (
+	hdrCacheControl      = "Cache-Control"
+	hdrWWWAuthenticate   = "Www-Authenticate"
+	noStore              = "no-store"
+	wwwInvalidToken      = `Bearer error="invalid_token"`
+	wwwInsufficientScope = `Bearer error="insufficient_scope"`
 )
 
 // writeDecision writes the answer. On an allow, every header the validator owns is present:
 // with the claim's value, or empty, so that a proxy copying it overwrites any inbound copy.
-// A deny carries nothing but the status and WWW-Authenticate.
-func writeDecision(w http.ResponseWriter, d *Decision) {
-	hdr := w.Header()
-	hdr["Cache-Control"] = noStore
+// A deny carries nothing but the status, Cache-Control and WWW-Authenticate.
+func writeDecision(resp *fasthttp.Response, d *Decision) {
+	hdr := &resp.Header
+	hdr.Set(hdrCacheControl, noStore)
 	switch d.Status {
 	case http.StatusOK:
-		for _, name := range d.Remove {
-			hdr[name] = emptyValue
-		}
 		for _, h := range d.Headers {
-			hdr[h.Name] = []string{h.Value}
+			hdr.Set(h.Name, h.Value)
 		}
-		w.WriteHeader(http.StatusOK)
+	owned:
+		for _, name := range d.Remove {
+			for _, h := range d.Headers {
+				if h.Name == name {
+					continue owned
+				}
+			}
+			hdr.Set(name, "")
+		}
+		resp.SetStatusCode(http.StatusOK)
 	case http.StatusForbidden:
-		hdr["Www-Authenticate"] = wwwInsufficientScope
-		w.WriteHeader(http.StatusForbidden)
+		hdr.Set(hdrWWWAuthenticate, wwwInsufficientScope)
+		resp.SetStatusCode(http.StatusForbidden)
 	default:
-		hdr["Www-Authenticate"] = wwwInvalidToken
-		w.WriteHeader(http.StatusUnauthorized)
+		hdr.Set(hdrWWWAuthenticate, wwwInvalidToken)
+		resp.SetStatusCode(http.StatusUnauthorized)
 	}
 }
 
 // httpServer serves the handler as a manager runnable on every replica.
 type httpServer struct {
 	addr    string
-	handler http.Handler
+	handler *httpHandler
 	log     logr.Logger
 	// ready, if set, receives the bound address once listening (tests bind ":0").
 	ready func(net.Addr)
@@ -183,19 +280,33 @@ type httpServer struct {
 
 func (s *httpServer) NeedLeaderElection() bool { return false }
 
-func (s *httpServer) Start(ctx context.Context) error {
-	mux := http.NewServeMux()
-	mux.Handle(AuthzPathPrefix, s.handler)
-	mux.Handle(AuthzPathPrefix+"/", s.handler)
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          nil,
+// newFastHTTPServer is the HTTP server of the forward-auth front end.
+func newFastHTTPServer(h *httpHandler, log logr.Logger) *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler:            h.serve,
+		ReadBufferSize:     httpMaxHeaderBytes,
+		MaxRequestBodySize: httpMaxBodyBytes,
+		// A body is never looked at: no multipart parsing (into temporary files).
+		DisablePreParseMultipartForm: true,
+		ReadTimeout:                  httpReadTimeout,
+		WriteTimeout:                 httpWriteTimeout,
+		IdleTimeout:                  httpIdleTimeout,
+		// Responses carry what net/http's did: Date, Content-Length and our headers; no
+		// Server or default Content-Type.
+		NoDefaultServerHeader: true,
+		NoDefaultContentType:  true,
+		// Header names stay normalized (X-Original-URI and x-original-uri are the same
+		// header, as in net/http); PeekAll sees every copy of a repeated header.
+		DisableHeaderNamesNormalizing: false,
+		// fasthttp's error messages may quote the request (tokens included).
+		SecureErrorLogMessage: true,
+		CloseOnShutdown:       true,
+		Logger:                fasthttpLogger{log.V(1)},
 	}
+}
+
+func (s *httpServer) Start(ctx context.Context) error {
+	srv := newFastHTTPServer(s.handler, s.log)
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
 		return fmt.Errorf("cannot listen on %s: %w", s.addr, err)
@@ -211,10 +322,19 @@ func (s *httpServer) Start(ctx context.Context) error {
 		return fmt.Errorf("HTTP forward auth server failed: %w", err)
 	case <-ctx.Done():
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), httpShutdownWait)
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+	if err := srv.ShutdownWithContext(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("cannot shut down HTTP forward auth server: %w", err)
 	}
 	return nil
+}
+
+// fasthttpLogger sends fasthttp's messages (connection errors) to the debug log.
+type fasthttpLogger struct{ log logr.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	if l.log.Enabled() {
+		l.log.Info(fmt.Sprintf(format, args...))
+	}
 }

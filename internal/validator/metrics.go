@@ -1,8 +1,10 @@
 package validator
 
 import (
+	"maps"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,9 +21,16 @@ type metrics struct {
 
 	cacheHit, cacheMiss prometheus.Counter
 
-	mu        sync.RWMutex
-	counters  map[decisionKey]prometheus.Counter
-	observers map[string]prometheus.Observer
+	// children are the resolved series of each (protocol, status, reason): a copy-on-write
+	// map, read without a lock on every decision; mu serializes the rare additions.
+	children atomic.Pointer[map[decisionKey]decisionSeries]
+	mu       sync.Mutex
+}
+
+// decisionSeries are the series one decision updates.
+type decisionSeries struct {
+	count   prometheus.Counter
+	latency prometheus.Observer
 }
 
 var (
@@ -58,8 +67,7 @@ func newMetrics() *metrics {
 			Help: "JWKS fetches of external issuers by result (success, error).",
 		}, []string{"result"}),
 	}
-	m.counters = map[decisionKey]prometheus.Counter{}
-	m.observers = map[string]prometheus.Observer{}
+	m.children.Store(&map[decisionKey]decisionSeries{})
 	m.cacheHit = m.cache.WithLabelValues("hit")
 	m.cacheMiss = m.cache.WithLabelValues("miss")
 	return m
@@ -76,23 +84,35 @@ func (m *metrics) decision(protocol string, d *Decision, took time.Duration) {
 		return
 	}
 	k := decisionKey{protocol, d.Status, d.Reason}
-	m.mu.RLock()
-	c, ok := m.counters[k]
-	o, ook := m.observers[protocol]
-	m.mu.RUnlock()
-	if !ok || !ook {
-		decision := "deny"
-		if d.Status == http.StatusOK {
-			decision = "allow"
-		}
-		c = m.decisions.WithLabelValues(protocol, decision, string(d.Reason))
-		o = m.latency.WithLabelValues(protocol)
-		m.mu.Lock()
-		m.counters[k], m.observers[protocol] = c, o
-		m.mu.Unlock()
+	series, ok := (*m.children.Load())[k]
+	if !ok {
+		series = m.addSeries(k)
 	}
-	c.Inc()
-	o.Observe(took.Seconds())
+	series.count.Inc()
+	series.latency.Observe(took.Seconds())
+}
+
+// addSeries resolves the series of a new (protocol, status, reason) and publishes them.
+func (m *metrics) addSeries(k decisionKey) decisionSeries {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := *m.children.Load()
+	if s, ok := old[k]; ok {
+		return s
+	}
+	decision := "deny"
+	if k.status == http.StatusOK {
+		decision = "allow"
+	}
+	s := decisionSeries{
+		count:   m.decisions.WithLabelValues(k.protocol, decision, string(k.reason)),
+		latency: m.latency.WithLabelValues(k.protocol),
+	}
+	next := make(map[decisionKey]decisionSeries, len(old)+1)
+	maps.Copy(next, old)
+	next[k] = s
+	m.children.Store(&next)
+	return s
 }
 
 func (m *metrics) cacheResult(hit bool) {

@@ -33,6 +33,8 @@ const (
 	ReasonBadPath         Reason = "bad_path"
 	ReasonConflicting     Reason = "conflicting_forwarded_headers"
 	ReasonMissingOriginal Reason = "missing_original_request"
+	// A gRPC CheckRequest that cannot be decoded.
+	ReasonMalformedRequest Reason = "malformed_request"
 
 	// 401: the check did not complete.
 	ReasonCanceled Reason = "canceled"
