@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages keyward's tests and local runs use, when missing:
 # etcd (the control plane), nginx (end-to-end ingress), redis-server (the Redis session store),
-# wrk (load tests), Django + djangorestframework-simplejwt (the compatibility reference),
+# wrk and nghttp2-client's h2load (load tests), Django + djangorestframework-simplejwt (the compatibility reference),
 # python3-cryptography (PyJWT's ES256, which the issuer tests verify tokens with).
 set -euo pipefail
 
-packages=(etcd-server nginx redis-server wrk curl openssl
+packages=(etcd-server nginx redis-server wrk nghttp2-client curl openssl
   python3-django python3-djangorestframework python3-djangorestframework-simplejwt python3-cryptography)
 
 missing=()

@@ -3,18 +3,29 @@
 package validator
 
 import (
+	"encoding/binary"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 )
 
 var (
 	wrkRPS      = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 	wrkRequests = regexp.MustCompile(`(\d+) requests in`)
+	// h2load: "finished in 5.00s, 41234.80 req/s, ..." and "requests: 206174 total, 206174 started, 206174 done, 206174 succeeded, ...".
+	h2loadRPS       = regexp.MustCompile(`finished in [0-9.]+m?s, ([0-9.]+) req/s`)
+	h2loadSucceeded = regexp.MustCompile(`(\d+) succeeded`)
+	h2loadStatus    = regexp.MustCompile(`status codes: (\d+) 2xx`)
 )
 
 // BenchmarkHTTPServerUnderWrk serves the fixture's checker through the HTTP front end on
@@ -79,4 +90,72 @@ func rusageSeconds(b *testing.B) float64 {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// BenchmarkGRPCServerUnderH2load is BenchmarkHTTPServerUnderWrk for the gRPC front end:
+// nghttp2's h2load (a separate process, like wrk a C client that costs little CPU) sends the
+// same Envoy-shaped CheckRequest (envoyCheckRequest: the headers an Envoy sends, with the
+// valid token) as unary gRPC calls for 5 s per iteration, with -m concurrent streams on -c
+// connections, and the benchmark reports requests/s and this process's CPU per check. Every
+// answer must be an OK CheckResponse with the identity headers (checked on one call before
+// the load). Compare with BenchmarkHTTPServerUnderWrk run in the same command:
+//
+//	go test -run '^$' -bench 'ServerUnder' -benchtime 3x ./internal/validator/
+func BenchmarkGRPCServerUnderH2load(b *testing.B) {
+	h2load, err := exec.LookPath("h2load")
+	if err != nil {
+		b.Fatal("h2load is missing: apt-get install nghttp2-client (hack/install-deps.sh)")
+	}
+	f := newFixture(b)
+	tok := f.token(nil)
+	_, grpcAddr := startFrontEnds(b, f)
+	in := envoyCheckRequest("Bearer " + tok)
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	resp, err := authv3.NewAuthorizationClient(conn).Check(b.Context(), in)
+	_ = conn.Close()
+	if err != nil || resp.GetStatus().GetCode() != 0 || resp.GetOkResponse() == nil {
+		b.Fatalf("the benchmark's CheckRequest is not allowed: %v, %v", resp, err)
+	}
+	msg := mustWire(b, in)
+	// A gRPC message: compressed flag 0, 4-byte big-endian length, the message.
+	frame := append([]byte{0, 0, 0, 0, 0}, msg...)
+	binary.BigEndian.PutUint32(frame[1:5], uint32(len(msg)))
+	body := filepath.Join(b.TempDir(), "check.bin")
+	if err := os.WriteFile(body, frame, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct{ name, conns, streams string }{
+		{"1conn-8streams", "1", "8"},
+		{"2conns-16streams", "2", "8"},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			args := []string{"-t1", "-c" + c.conns, "-m" + c.streams, "-D5", "-d", body,
+				"-H", "content-type: application/grpc", "-H", "te: trailers",
+				"http://" + grpcAddr + "/envoy.service.auth.v3.Authorization/Check"}
+			var requests, rps, cpu float64
+			n := 0
+			for b.Loop() {
+				cpu0 := rusageSeconds(b)
+				out, err := exec.CommandContext(b.Context(), h2load, args...).CombinedOutput()
+				if err != nil {
+					b.Fatal(err, string(out))
+				}
+				cpu += rusageSeconds(b) - cpu0
+				r, ok, st := h2loadRPS.FindSubmatch(out), h2loadSucceeded.FindSubmatch(out), h2loadStatus.FindSubmatch(out)
+				if r == nil || ok == nil || st == nil || string(ok[1]) != string(st[1]) || string(ok[1]) == "0" {
+					b.Fatalf("h2load's output has no rate, or answers that are not 2xx:\n%s", out)
+				}
+				v, _ := strconv.ParseFloat(string(r[1]), 64)
+				count, _ := strconv.ParseFloat(string(ok[1]), 64)
+				rps += v
+				requests += count
+				n++
+			}
+			b.ReportMetric(rps/float64(n), "req/s")
+			b.ReportMetric(cpu/requests*1e6, "µs-cpu/req")
+		})
+	}
 }
