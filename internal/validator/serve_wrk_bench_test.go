@@ -58,29 +58,42 @@ func BenchmarkHTTPServerUnderWrk(b *testing.B) {
 				args = append(args, "-H", h)
 			}
 			args = append(args, "http://"+httpAddr+c.path)
-			var requests, rps, cpu float64
-			n := 0
-			for b.Loop() {
-				cpu0 := rusageSeconds(b)
-				out, err := exec.CommandContext(b.Context(), wrk, args...).CombinedOutput()
-				if err != nil {
-					b.Fatal(err, string(out))
-				}
-				cpu += rusageSeconds(b) - cpu0
+			loadServer(b, wrk, args, func(out []byte) (rps, requests string, ok bool) {
 				r, c := wrkRPS.FindSubmatch(out), wrkRequests.FindSubmatch(out)
 				if r == nil || c == nil || strings.Contains(string(out), "Non-2xx") {
-					b.Fatalf("wrk's output has no rate or non-2xx answers:\n%s", out)
+					return "", "", false
 				}
-				v, _ := strconv.ParseFloat(string(r[1]), 64)
-				count, _ := strconv.ParseFloat(string(c[1]), 64)
-				rps += v
-				requests += count
-				n++
-			}
-			b.ReportMetric(rps/float64(n), "req/s")
-			b.ReportMetric(cpu/requests*1e6, "µs-cpu/req")
+				return string(r[1]), string(c[1]), true
+			})
 		})
 	}
+}
+
+// loadServer runs the load tool once per benchmark iteration and reports the mean of the
+// requests/s it printed and this process's CPU time per request. parse reads the rate and
+// the request count from the tool's output, and fails when some answers were not 2xx.
+func loadServer(b *testing.B, tool string, args []string, parse func(out []byte) (rps, requests string, ok bool)) {
+	var requests, rps, cpu float64
+	n := 0
+	for b.Loop() {
+		cpu0 := rusageSeconds(b)
+		out, err := exec.CommandContext(b.Context(), tool, args...).CombinedOutput()
+		if err != nil {
+			b.Fatal(err, string(out))
+		}
+		cpu += rusageSeconds(b) - cpu0
+		r, c, ok := parse(out)
+		if !ok {
+			b.Fatalf("%s's output has no rate, or answers that are not 2xx:\n%s", tool, out)
+		}
+		v, _ := strconv.ParseFloat(r, 64)
+		count, _ := strconv.ParseFloat(c, 64)
+		rps += v
+		requests += count
+		n++
+	}
+	b.ReportMetric(rps/float64(n), "req/s")
+	b.ReportMetric(cpu/requests*1e6, "µs-cpu/req")
 }
 
 // rusageSeconds is this process's user + system CPU time.
@@ -135,27 +148,13 @@ func BenchmarkGRPCServerUnderH2load(b *testing.B) {
 			args := []string{"-t1", "-c" + c.conns, "-m" + c.streams, "-D5", "-d", body,
 				"-H", "content-type: application/grpc", "-H", "te: trailers",
 				"http://" + grpcAddr + "/envoy.service.auth.v3.Authorization/Check"}
-			var requests, rps, cpu float64
-			n := 0
-			for b.Loop() {
-				cpu0 := rusageSeconds(b)
-				out, err := exec.CommandContext(b.Context(), h2load, args...).CombinedOutput()
-				if err != nil {
-					b.Fatal(err, string(out))
+			loadServer(b, h2load, args, func(out []byte) (rps, requests string, ok bool) {
+				r, done, st := h2loadRPS.FindSubmatch(out), h2loadSucceeded.FindSubmatch(out), h2loadStatus.FindSubmatch(out)
+				if r == nil || done == nil || st == nil || string(done[1]) != string(st[1]) || string(done[1]) == "0" {
+					return "", "", false
 				}
-				cpu += rusageSeconds(b) - cpu0
-				r, ok, st := h2loadRPS.FindSubmatch(out), h2loadSucceeded.FindSubmatch(out), h2loadStatus.FindSubmatch(out)
-				if r == nil || ok == nil || st == nil || string(ok[1]) != string(st[1]) || string(ok[1]) == "0" {
-					b.Fatalf("h2load's output has no rate, or answers that are not 2xx:\n%s", out)
-				}
-				v, _ := strconv.ParseFloat(string(r[1]), 64)
-				count, _ := strconv.ParseFloat(string(ok[1]), 64)
-				rps += v
-				requests += count
-				n++
-			}
-			b.ReportMetric(rps/float64(n), "req/s")
-			b.ReportMetric(cpu/requests*1e6, "µs-cpu/req")
+				return string(r[1]), string(done[1]), true
+			})
 		})
 	}
 }
