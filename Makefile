@@ -73,8 +73,8 @@ control-plane: ## Build (once, cached) kube-apiserver, kubectl and etcd; prints 
 	hack/control-plane.sh bin
 
 .PHONY: test
-test: ## Run all tests against a real kube-apiserver + etcd (envtest).
-	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh bin)" go test $(GO_TEST_FLAGS) ./...
+test: $(HELM) ## Run all tests against a real kube-apiserver + etcd (envtest).
+	HELM="$(HELM)" KUBEBUILDER_ASSETS="$$(hack/control-plane.sh bin)" go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: bench
 bench: ## Run the Go benchmarks.
