@@ -284,3 +284,69 @@ func TestRotatorEndToEnd(t *testing.T) {
 		return nil
 	})
 }
+
+// TestReadOnlyServesWhatCertManagerWrites: with cert-manager, the rotator never writes; it
+// serves the certificate of the Secret cert-manager keeps, and follows its renewals.
+func TestReadOnlyServesWhatCertManagerWrites(t *testing.T) {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "readonly-"}}
+	if err := env.Client.Create(ctxFor(t), ns); err != nil {
+		t.Fatal(err)
+	}
+	issue := func() map[string][]byte {
+		b, err := webhookcert.Apply(nil, webhookcert.Decision{NewCA: true, NewCert: true},
+			webhookcert.Policy{DNSNames: []string{"keyward-webhook.x.svc"}, Lifetime: time.Hour}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := b.Data()
+		if err != nil {
+			t.Fatal(err)
+		}
+		delete(data, webhookcert.CAKeyDataKey) // cert-manager's Secret holds no CA key
+		return data
+	}
+	rot, err := webhookcert.New(env.Config, env.Client, scheme.New(), webhookcert.Options{
+		Namespace: ns.Name, SecretName: "cm-cert", ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- rot.Start(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	if _, err := rot.GetCertificate(nil); err == nil {
+		t.Error("a certificate is served before the Secret exists")
+	}
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "cm-cert"}, Type: corev1.SecretTypeTLS, Data: issue()}
+	if err := env.Client.Create(ctxFor(t), secret); err != nil {
+		t.Fatal(err)
+	}
+	serves := func(data map[string][]byte) func(context.Context) error {
+		return func(context.Context) error {
+			c, err := rot.GetCertificate(nil)
+			if err != nil {
+				return err
+			}
+			block, _ := pem.Decode(data[webhookcert.CertDataKey])
+			if !bytes.Equal(c.Certificate[0], block.Bytes) {
+				return fmt.Errorf("serves another certificate")
+			}
+			return nil
+		}
+	}
+	eventually(t, serves(secret.Data))
+	secret.Data = issue()
+	if err := env.Client.Update(ctxFor(t), secret); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, serves(secret.Data))
+
+	got := &corev1.Secret{}
+	if err := env.Client.Get(ctxFor(t), client.ObjectKeyFromObject(secret), got); err != nil {
+		t.Fatal(err)
+	}
+	if got.ResourceVersion != secret.ResourceVersion {
+		t.Error("the read-only rotator wrote the Secret")
+	}
+}
