@@ -76,7 +76,7 @@ func freePort(t *testing.T) int {
 
 // servedCert returns the certificate the server presents in a new handshake.
 func servedCert(addr string) (*x509.Certificate, error) {
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // reads the certificate only
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true})
 	if err != nil {
 		return nil, err
 	}
@@ -218,7 +218,7 @@ func TestRotatorEndToEnd(t *testing.T) {
 		seq++
 		err = env.Client.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: fmt.Sprintf("cm-%d", seq)}})
 		if err == nil || !strings.Contains(err.Error(), deniedMessage) {
-			return nil, fmt.Errorf("the API server did not get the webhook's answer: %v", err)
+			return nil, fmt.Errorf("the API server did not get the webhook's answer: %w", err)
 		}
 		return got, nil
 	}

@@ -294,7 +294,7 @@ func TestChartWebhookWithTheBinary(t *testing.T) {
 	args = setFlag(args, "kubeconfig", filepath.Join(dir, "kubeconfig"))
 	start := func() *controllerProc {
 		log := &syncBuffer{}
-		cmd := exec.Command(bin, args...) //nolint:gosec // the binary the test built
+		cmd := exec.Command(bin, args...)
 		cmd.Stdout, cmd.Stderr = log, log
 		cmd.Env = append(os.Environ(), "POD_NAMESPACE="+releaseNS)
 		if err := cmd.Start(); err != nil {

@@ -114,7 +114,7 @@ func waitCalled(ctx context.Context) error {
 			_ = env.Client.Delete(ctx, p)
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the API server does not call the webhook: last answer %v", err)
+			return fmt.Errorf("the API server does not call the webhook: last answer %w", err)
 		}
 		select {
 		case <-ctx.Done():
