@@ -13,9 +13,9 @@ import (
 	"github.com/keyward/keyward/internal/validator/expr"
 )
 
-// AccessPolicyValidator refuses when expressions that do not compile (with the validators'
-// CEL environment, which the CRD's own CEL rules cannot run), and warns about TokenIssuers the
-// policy names that do not exist: requests those rules match are denied until they do.
+// AccessPolicyValidator refuses when expressions that do not compile in the validators' CEL
+// environment (the CRD's own CEL rules cannot compile a program), and warns about TokenIssuers
+// the policy names that do not exist: requests those rules match are denied until they do.
 type AccessPolicyValidator struct {
 	Reader client.Reader
 }

@@ -48,13 +48,12 @@ type Options struct {
 // read the API server directly (a manager's APIReader), not a cache: a SigningKey applied a
 // moment before the TokenIssuer that names it must be found.
 func Register(srv webhook.Server, scheme *runtime.Scheme, reader client.Reader, o Options) {
-	recover := true
 	srv.Register(SigningKeyPath, admission.WithValidator[*keywardv1.SigningKey](scheme, &SigningKeyValidator{Reader: reader}).
-		WithRecoverPanic(recover))
+		WithRecoverPanic(true))
 	srv.Register(TokenIssuerPath, admission.WithValidator[*keywardv1.TokenIssuer](scheme, &TokenIssuerValidator{Reader: reader, PublicURL: o.PublicURL}).
-		WithRecoverPanic(recover))
+		WithRecoverPanic(true))
 	srv.Register(AccessPolicyPath, admission.WithValidator[*keywardv1.AccessPolicy](scheme, &AccessPolicyValidator{Reader: reader}).
-		WithRecoverPanic(recover))
+		WithRecoverPanic(true))
 }
 
 // Setup registers the webhooks with the manager's webhook server.
