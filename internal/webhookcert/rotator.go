@@ -60,9 +60,8 @@ type Rotator struct {
 	o      Options
 	log    logr.Logger
 
-	cert   atomic.Pointer[tls.Certificate]
-	kick   chan struct{}
-	passes atomic.Int64
+	cert atomic.Pointer[tls.Certificate]
+	kick chan struct{}
 
 	mu      sync.Mutex
 	lastErr error
@@ -133,29 +132,39 @@ func (r *Rotator) Start(ctx context.Context) error {
 	backoff := time.Second
 	for {
 		next, err := r.Sync(ctx)
+		if ctx.Err() != nil {
+			return watch()
+		}
 		r.mu.Lock()
 		r.lastErr = err
 		r.mu.Unlock()
+		// The renewal schedule follows the injected clock; retries after an error real time.
 		wait := r.o.Resync
-		switch {
-		case err != nil:
+		retry := &time.Timer{} // a nil channel: never fires
+		if err != nil {
 			r.log.Error(err, "Cannot keep the webhook certificate", "retryIn", backoff)
-			wait, backoff = backoff, min(backoff*2, time.Minute)
-		case next.IsZero():
+			retry = time.NewTimer(backoff)
+			backoff = min(backoff*2, time.Minute)
+		} else {
 			backoff = time.Second
-		default:
-			backoff = time.Second
-			wait = min(wait, max(next.Sub(r.o.Clock.Now()), 0))
+			if !next.IsZero() {
+				wait = min(wait, max(next.Sub(r.o.Clock.Now()), 0))
+			}
 		}
 		timer := r.o.Clock.NewTimer(wait)
 		select {
 		case <-ctx.Done():
-			timer.Stop()
-			return watch()
 		case <-r.kick:
 		case <-timer.C():
+		case <-retry.C:
 		}
 		timer.Stop()
+		if retry.C != nil {
+			retry.Stop()
+		}
+		if ctx.Err() != nil {
+			return watch()
+		}
 	}
 }
 
@@ -203,14 +212,10 @@ func (r *Rotator) Kick() {
 	}
 }
 
-// Passes counts the completed passes (for tests that wait for one).
-func (r *Rotator) Passes() int64 { return r.passes.Load() }
-
 // Sync makes one pass: read the Secret and the webhook configuration, renew what is due
 // (writing the Secret), inject the CA bundle, and load the serving certificate. It returns when
 // the next pass is due (zero: at the next event or resync).
 func (r *Rotator) Sync(ctx context.Context) (next time.Time, err error) {
-	defer r.passes.Add(1)
 	// A few rounds: a rotation writes a new CA, injects it, then issues the certificate it
 	// signs; a conflict with another replica's write means deciding again from what it wrote.
 	for range 6 {
