@@ -94,17 +94,24 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// helmTemplate renders the chart with default values.
-func helmTemplate(t *testing.T) []*unstructured.Unstructured {
+// helmPath is the pinned helm `make test` passes in $HELM, else helm on $PATH.
+func helmPath(t *testing.T) string {
 	t.Helper()
-	helm := os.Getenv("HELM")
-	if helm == "" {
-		var err error
-		if helm, err = exec.LookPath("helm"); err != nil {
-			t.Fatal("helm not found: run the tests with `make test`, which sets $HELM")
-		}
+	if helm := os.Getenv("HELM"); helm != "" {
+		return helm
 	}
-	cmd := exec.Command(helm, "template", release, filepath.Join(testenv.RepoRoot(), "charts", "keyward"), "--namespace", releaseNS)
+	helm, err := exec.LookPath("helm")
+	if err != nil {
+		t.Fatal("helm not found: run the tests with `make test`, which sets $HELM")
+	}
+	return helm
+}
+
+// helmTemplate renders the chart in releaseNS with extra helm arguments.
+func helmTemplate(t *testing.T, extra ...string) []*unstructured.Unstructured {
+	t.Helper()
+	args := append([]string{"template", release, filepath.Join(testenv.RepoRoot(), "charts", "keyward"), "--namespace", releaseNS}, extra...)
+	cmd := exec.Command(helmPath(t), args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
