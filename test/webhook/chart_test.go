@@ -145,4 +145,3 @@ func TestChartRendersTheWebhook(t *testing.T) {
 		}
 	})
 }
-
