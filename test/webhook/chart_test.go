@@ -24,14 +24,14 @@ type rendered struct {
 	kinds          []string
 }
 
-func render(t *testing.T, set ...string) *rendered {
+func render(t *testing.T, rel chartRelease, set ...string) *rendered {
 	t.Helper()
 	args := []string{}
 	for _, s := range set {
 		args = append(args, "--set", s)
 	}
 	r := &rendered{}
-	for _, u := range helmTemplate(t, args...) {
+	for _, u := range helmTemplate(t, rel, args...) {
 		r.kinds = append(r.kinds, u.GetKind()+"/"+u.GetName())
 		switch {
 		case u.GetKind() == "ValidatingWebhookConfiguration":
@@ -42,9 +42,9 @@ func render(t *testing.T, set ...string) *rendered {
 			for _, p := range c.Ports {
 				r.ports = append(r.ports, p.Name)
 			}
-		case u.GetKind() == "ClusterRole" && u.GetName() == webhookName:
+		case u.GetKind() == "ClusterRole" && u.GetName() == rel.webhook:
 			r.clusterRole = convert(t, u, &rbacv1.ClusterRole{})
-		case u.GetKind() == "Role" && u.GetName() == webhookName:
+		case u.GetKind() == "Role" && u.GetName() == rel.webhook:
 			r.role = convert(t, u, &rbacv1.Role{})
 		}
 	}
@@ -54,8 +54,9 @@ func render(t *testing.T, set ...string) *rendered {
 func hasArg(args []string, arg string) bool { return slices.Contains(args, arg) }
 
 func TestChartRendersTheWebhook(t *testing.T) {
+	rel := newRelease()
 	t.Run("by default: on, keyward.dev only, fail open, short timeout, kube-system and its namespace excluded", func(t *testing.T) {
-		r := render(t)
+		r := render(t, rel)
 		if r.vwc == nil || len(r.vwc.Webhooks) != 3 {
 			t.Fatalf("want a configuration with 3 webhooks, got %v", r.vwc)
 		}
@@ -71,12 +72,12 @@ func TestChartRendersTheWebhook(t *testing.T) {
 			}
 			exprs := w.NamespaceSelector.MatchExpressions
 			if len(exprs) != 1 || exprs[0].Key != "kubernetes.io/metadata.name" || exprs[0].Operator != "NotIn" ||
-				!slices.Equal(exprs[0].Values, []string{"kube-system", releaseNS}) {
+				!slices.Equal(exprs[0].Values, []string{"kube-system", rel.namespace}) {
 				t.Errorf("webhook %s: namespaceSelector %+v", w.Name, exprs)
 			}
 		}
-		for _, a := range []string{"--webhook-port=9443", "--webhook-service-name=" + webhookName, "--webhook-config-name=" + webhookName,
-			"--webhook-secret-name=" + webhookName + "-cert", "--webhook-namespace=" + releaseNS} {
+		for _, a := range []string{"--webhook-port=9443", "--webhook-service-name=" + rel.webhook, "--webhook-config-name=" + rel.webhook,
+			"--webhook-secret-name=" + rel.webhook + "-cert", "--webhook-namespace=" + rel.namespace} {
 			if !hasArg(r.controllerArgs, a) {
 				t.Errorf("controller args %q lack %s", r.controllerArgs, a)
 			}
@@ -84,15 +85,15 @@ func TestChartRendersTheWebhook(t *testing.T) {
 		if !slices.Contains(r.ports, "webhook") {
 			t.Errorf("controller ports %q lack webhook", r.ports)
 		}
-		if r.clusterRole == nil || len(r.clusterRole.Rules) != 1 || !slices.Equal(r.clusterRole.Rules[0].ResourceNames, []string{webhookName}) {
+		if r.clusterRole == nil || len(r.clusterRole.Rules) != 1 || !slices.Equal(r.clusterRole.Rules[0].ResourceNames, []string{rel.webhook}) {
 			t.Errorf("the webhook ClusterRole is not limited to the configuration by name: %+v", r.clusterRole)
 		}
-		if r.role == nil || !slices.Equal(r.role.Rules[0].ResourceNames, []string{webhookName + "-cert"}) {
+		if r.role == nil || !slices.Equal(r.role.Rules[0].ResourceNames, []string{rel.webhook + "-cert"}) {
 			t.Errorf("the webhook Role is not limited to its Secret by name: %+v", r.role)
 		}
 	})
 	t.Run("disabled: no webhook objects, no webhook flags", func(t *testing.T) {
-		r := render(t, "webhook.enabled=false")
+		r := render(t, rel, "webhook.enabled=false")
 		for _, k := range r.kinds {
 			if strings.Contains(k, "webhook") {
 				t.Errorf("renders %s", k)
@@ -105,11 +106,11 @@ func TestChartRendersTheWebhook(t *testing.T) {
 		}
 	})
 	t.Run("with cert-manager: a Certificate and CA injection; the controller only reads", func(t *testing.T) {
-		r := render(t, "webhook.certManager.enabled=true")
-		if got := r.vwc.Annotations["cert-manager.io/inject-ca-from"]; got != releaseNS+"/"+webhookName {
+		r := render(t, rel, "webhook.certManager.enabled=true")
+		if got := r.vwc.Annotations["cert-manager.io/inject-ca-from"]; got != rel.namespace+"/"+rel.webhook {
 			t.Errorf("inject-ca-from %q", got)
 		}
-		for _, k := range []string{"Certificate/" + webhookName, "Issuer/" + webhookName} {
+		for _, k := range []string{"Certificate/" + rel.webhook, "Issuer/" + rel.webhook} {
 			if !slices.Contains(r.kinds, k) {
 				t.Errorf("no %s in %q", k, r.kinds)
 			}
@@ -127,10 +128,10 @@ func TestChartRendersTheWebhook(t *testing.T) {
 		}
 	})
 	t.Run("namespaces, more exclusions and Fail are honoured", func(t *testing.T) {
-		r := render(t, "webhook.namespaces={team-a,team-b}", "webhook.excludeNamespaces={ops}", "webhook.failurePolicy=Fail")
+		r := render(t, rel, "webhook.namespaces={team-a,team-b}", "webhook.excludeNamespaces={ops}", "webhook.failurePolicy=Fail")
 		w := r.vwc.Webhooks[0]
 		exprs := w.NamespaceSelector.MatchExpressions
-		if len(exprs) != 2 || !slices.Equal(exprs[0].Values, []string{"kube-system", releaseNS, "ops"}) ||
+		if len(exprs) != 2 || !slices.Equal(exprs[0].Values, []string{"kube-system", rel.namespace, "ops"}) ||
 			exprs[1].Operator != "In" || !slices.Equal(exprs[1].Values, []string{"team-a", "team-b"}) {
 			t.Errorf("namespaceSelector %+v", exprs)
 		}
@@ -139,7 +140,7 @@ func TestChartRendersTheWebhook(t *testing.T) {
 		}
 	})
 	t.Run("the schema refuses a failurePolicy the API server would not accept", func(t *testing.T) {
-		cmd := exec.Command(helmPath(t), "template", release, filepath.Join(testenv.RepoRoot(), "charts", "keyward"), "--set", "webhook.failurePolicy=Open")
+		cmd := exec.Command(helmPath(t), "template", rel.name, filepath.Join(testenv.RepoRoot(), "charts", "keyward"), "--set", "webhook.failurePolicy=Open")
 		if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "failurePolicy") {
 			t.Errorf("helm template accepted failurePolicy=Open: %v %s", err, out)
 		}

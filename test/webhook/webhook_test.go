@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,14 +43,26 @@ import (
 	"github.com/keyward/keyward/internal/testenv"
 )
 
-const (
-	release   = "kw"
-	releaseNS = "keyward-system"
-	// Names the chart gives the release's objects.
-	webhookName    = "kw-keyward-webhook"
-	controllerSA   = "kw-keyward-controller"
-	controllerUser = "system:serviceaccount:" + releaseNS + ":" + controllerSA
-)
+// chartRelease names a release of the chart and the objects it creates. Each test installs its
+// own, so that tests and repeated runs (-count) never meet each other's objects.
+type chartRelease struct {
+	name, namespace string
+	// webhook names the Service, the ValidatingWebhookConfiguration and the Secret prefix.
+	webhook string
+	// controllerUser is the controller's ServiceAccount as a user name.
+	controllerUser string
+	// tenant is a namespace for keyward objects the webhook checks.
+	tenant string
+}
+
+var releases atomic.Int32
+
+func newRelease() chartRelease {
+	n := fmt.Sprintf("kw%d", releases.Add(1))
+	ns := "keyward-" + n
+	return chartRelease{name: n, namespace: ns, webhook: n + "-keyward-webhook",
+		controllerUser: "system:serviceaccount:" + ns + ":" + n + "-keyward-controller", tenant: "tenant-" + n}
+}
 
 var env *testenv.Env
 
@@ -107,10 +120,10 @@ func helmPath(t *testing.T) string {
 	return helm
 }
 
-// helmTemplate renders the chart in releaseNS with extra helm arguments.
-func helmTemplate(t *testing.T, extra ...string) []*unstructured.Unstructured {
+// helmTemplate renders the chart as rel with extra helm arguments.
+func helmTemplate(t *testing.T, rel chartRelease, extra ...string) []*unstructured.Unstructured {
 	t.Helper()
-	args := append([]string{"template", release, filepath.Join(testenv.RepoRoot(), "charts", "keyward"), "--namespace", releaseNS}, extra...)
+	args := append([]string{"template", rel.name, filepath.Join(testenv.RepoRoot(), "charts", "keyward"), "--namespace", rel.namespace}, extra...)
 	cmd := exec.Command(helmPath(t), args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -240,7 +253,8 @@ func badPolicy(ns, name string) *keywardv1.AccessPolicy {
 
 func TestChartWebhookWithTheBinary(t *testing.T) {
 	k8s := env.Client
-	for _, ns := range []string{releaseNS, "tenant"} {
+	rel := newRelease()
+	for _, ns := range []string{rel.namespace, rel.tenant} {
 		if err := k8s.Create(ctxFor(t), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
 			t.Fatal(err)
 		}
@@ -251,14 +265,14 @@ func TestChartWebhookWithTheBinary(t *testing.T) {
 	_, webhookPort, _ := net.SplitHostPort(webhookAddr)
 	var args []string
 	var vwc *admissionregistrationv1.ValidatingWebhookConfiguration
-	for _, u := range helmTemplate(t) {
+	for _, u := range helmTemplate(t, rel) {
 		switch u.GetKind() {
 		case "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service":
 		case "ValidatingWebhookConfiguration":
 			vwc = convert(t, u, &admissionregistrationv1.ValidatingWebhookConfiguration{})
 			for i := range vwc.Webhooks {
 				cc := &vwc.Webhooks[i].ClientConfig
-				if cc.Service == nil || cc.Service.Name != webhookName || cc.Service.Namespace != releaseNS || ptr.Deref(cc.Service.Port, 0) != 443 {
+				if cc.Service == nil || cc.Service.Name != rel.webhook || cc.Service.Namespace != rel.namespace || ptr.Deref(cc.Service.Port, 0) != 443 {
 					t.Fatalf("webhook %s does not call the chart's Service: %+v", vwc.Webhooks[i].Name, cc.Service)
 				}
 				cc.URL = ptr.To("https://" + webhookAddr + *cc.Service.Path)
@@ -291,19 +305,19 @@ func TestChartWebhookWithTheBinary(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("cannot build keyward: %v\n%s", err, out)
 	}
-	kubeconfigAs(t, filepath.Join(dir, "kubeconfig"), controllerUser)
+	kubeconfigAs(t, filepath.Join(dir, "kubeconfig"), rel.controllerUser)
 	probeAddr := freeAddr(t)
 	args = setFlag(args, "webhook-port", webhookPort)
 	args = setFlag(args, "health-probe-bind-address", probeAddr)
 	args = setFlag(args, "metrics-bind-address", "0")
 	args = setFlag(args, "webhook-extra-names", "127.0.0.1")
-	args = setFlag(args, "leader-election-namespace", releaseNS)
+	args = setFlag(args, "leader-election-namespace", rel.namespace)
 	args = setFlag(args, "kubeconfig", filepath.Join(dir, "kubeconfig"))
 	start := func() *controllerProc {
 		log := &syncBuffer{}
 		cmd := exec.Command(bin, args...)
 		cmd.Stdout, cmd.Stderr = log, log
-		cmd.Env = append(os.Environ(), "POD_NAMESPACE="+releaseNS)
+		cmd.Env = append(os.Environ(), "POD_NAMESPACE="+rel.namespace)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -334,11 +348,11 @@ func TestChartWebhookWithTheBinary(t *testing.T) {
 		return nil
 	})
 	cur := &admissionregistrationv1.ValidatingWebhookConfiguration{}
-	if err := k8s.Get(ctxFor(t), client.ObjectKey{Name: webhookName}, cur); err != nil {
+	if err := k8s.Get(ctxFor(t), client.ObjectKey{Name: rel.webhook}, cur); err != nil {
 		t.Fatal(err)
 	}
 	secret := &corev1.Secret{}
-	if err := k8s.Get(ctxFor(t), client.ObjectKey{Namespace: releaseNS, Name: webhookName + "-cert"}, secret); err != nil {
+	if err := k8s.Get(ctxFor(t), client.ObjectKey{Namespace: rel.namespace, Name: rel.webhook + "-cert"}, secret); err != nil {
 		t.Fatalf("the controller did not create the webhook Secret the chart names: %v", err)
 	}
 	for _, w := range cur.Webhooks {
@@ -356,13 +370,13 @@ func TestChartWebhookWithTheBinary(t *testing.T) {
 	}
 
 	t.Run("a policy in a tenant namespace is checked: a bad expression is refused", func(t *testing.T) {
-		err := c.Create(ctxFor(t), badPolicy("tenant", "bad"))
+		err := c.Create(ctxFor(t), badPolicy(rel.tenant, "bad"))
 		if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "spec.rules[0].when") || !strings.Contains(err.Error(), "does not compile") {
 			t.Fatalf("want a refusal naming spec.rules[0].when, got %v", err)
 		}
 	})
 	t.Run("a policy naming a missing issuer is admitted with a warning", func(t *testing.T) {
-		p := badPolicy("tenant", "missing-issuer")
+		p := badPolicy(rel.tenant, "missing-issuer")
 		p.Spec.Rules[0].When = ""
 		if err := c.Create(ctxFor(t), p); err != nil {
 			t.Fatal(err)
@@ -372,19 +386,19 @@ func TestChartWebhookWithTheBinary(t *testing.T) {
 		}
 	})
 	t.Run("kube-system and the release namespace are never checked", func(t *testing.T) {
-		for _, ns := range []string{"kube-system", releaseNS} {
-			if err := c.Create(ctxFor(t), badPolicy(ns, "unchecked")); err != nil {
+		for _, ns := range []string{"kube-system", rel.namespace} {
+			if err := c.Create(ctxFor(t), badPolicy(ns, "unchecked-"+rel.name)); err != nil {
 				t.Errorf("%s: %v", ns, err)
 			}
 		}
 	})
 	t.Run("the controller may update its own webhook configuration only", func(t *testing.T) {
-		other := &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "someone-elses"}}
+		other := &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "someone-elses-" + rel.name}}
 		if err := k8s.Create(ctxFor(t), other); err != nil {
 			t.Fatal(err)
 		}
 		asController := rest.CopyConfig(env.Config)
-		asController.Impersonate = rest.ImpersonationConfig{UserName: controllerUser}
+		asController.Impersonate = rest.ImpersonationConfig{UserName: rel.controllerUser}
 		ac, err := client.New(asController, client.Options{Scheme: scheme.New()})
 		if err != nil {
 			t.Fatal(err)
@@ -394,20 +408,20 @@ func TestChartWebhookWithTheBinary(t *testing.T) {
 			t.Errorf("updating another webhook configuration: want Forbidden, got %v", err)
 		}
 		own := &admissionregistrationv1.ValidatingWebhookConfiguration{}
-		if err := ac.Get(ctxFor(t), client.ObjectKey{Name: webhookName}, own); err != nil {
+		if err := ac.Get(ctxFor(t), client.ObjectKey{Name: rel.webhook}, own); err != nil {
 			t.Errorf("reading its own: %v", err)
 		}
 	})
 	t.Run("with the controller stopped, the cluster and keyward objects are admitted", func(t *testing.T) {
 		proc.stop(t)
-		if err := c.Create(ctxFor(t), &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant", Name: "cm"}}); err != nil {
+		if err := c.Create(ctxFor(t), &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: rel.tenant, Name: "cm"}}); err != nil {
 			t.Errorf("ConfigMap: %v", err)
 		}
-		if err := c.Create(ctxFor(t), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant", Name: "s"}}); err != nil {
+		if err := c.Create(ctxFor(t), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: rel.tenant, Name: "s"}}); err != nil {
 			t.Errorf("Secret: %v", err)
 		}
 		// failurePolicy Ignore: admitted unchecked.
-		if err := c.Create(ctxFor(t), badPolicy("tenant", "while-down")); err != nil {
+		if err := c.Create(ctxFor(t), badPolicy(rel.tenant, "while-down")); err != nil {
 			t.Errorf("AccessPolicy with the webhook down: %v", err)
 		}
 	})
@@ -415,9 +429,9 @@ func TestChartWebhookWithTheBinary(t *testing.T) {
 		before := secret.Data["tls.crt"]
 		start()
 		eventually(t, time.Minute, func(ctx context.Context) error {
-			err := c.Create(ctx, badPolicy("tenant", "after-restart"))
+			err := c.Create(ctx, badPolicy(rel.tenant, "after-restart"))
 			if err == nil {
-				_ = c.Delete(ctx, badPolicy("tenant", "after-restart"))
+				_ = c.Delete(ctx, badPolicy(rel.tenant, "after-restart"))
 				return errors.New("admitted: the webhook is not answering yet")
 			}
 			if !strings.Contains(err.Error(), "does not compile") {
