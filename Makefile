@@ -32,8 +32,9 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy code for the API types.
 	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths=./api/...
 
 .PHONY: manifests
-manifests: $(CONTROLLER_GEN) ## Generate CRDs and one ClusterRole per role (controller, issuer, validator) into config/.
+manifests: $(CONTROLLER_GEN) ## Generate CRDs, one ClusterRole per role (controller, issuer, validator) and the webhook configuration into config/.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd
+	$(CONTROLLER_GEN) webhook paths=./webhook/... output:webhook:artifacts:config=config/webhook
 	$(CONTROLLER_GEN) rbac:roleName=keyward-controller paths=./controllers/... paths=./internal/manager/... output:rbac:stdout > config/rbac/controller_role.yaml
 	@if [ -d internal/issuer ]; then $(CONTROLLER_GEN) rbac:roleName=keyward-issuer paths=./internal/issuer/... output:rbac:stdout > config/rbac/issuer_role.yaml; fi
 	@if [ -d internal/validator ]; then $(CONTROLLER_GEN) rbac:roleName=keyward-validator paths=./internal/validator/... output:rbac:stdout > config/rbac/validator_role.yaml; fi
@@ -72,8 +73,8 @@ control-plane: ## Build (once, cached) kube-apiserver, kubectl and etcd; prints 
 	hack/control-plane.sh bin
 
 .PHONY: test
-test: ## Run all tests against a real kube-apiserver + etcd (envtest).
-	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh bin)" go test $(GO_TEST_FLAGS) ./...
+test: $(HELM) ## Run all tests against a real kube-apiserver + etcd (envtest).
+	HELM="$(HELM)" KUBEBUILDER_ASSETS="$$(hack/control-plane.sh bin)" go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: bench
 bench: ## Run the Go benchmarks.

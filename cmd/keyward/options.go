@@ -18,6 +18,8 @@ type options struct {
 	issuer issuerFlags
 	// validator holds the flags of the validator role (validator.go).
 	validator validatorFlags
+	// webhook holds the admission webhook's flags, with the controllers (webhook.go).
+	webhook webhookFlags
 }
 
 func (o *options) bind(fs *flag.FlagSet, r role) {
@@ -31,6 +33,7 @@ func (o *options) bind(fs *flag.FlagSet, r role) {
 			ns = "default"
 		}
 		fs.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", ns, "Namespace of the leader-election Lease (default $POD_NAMESPACE or \"default\").")
+		o.webhook.bind(fs)
 	}
 	// Every role derives a TokenIssuer's iss: the issuer signs with it, the validator checks it,
 	// the controller reports it in status.

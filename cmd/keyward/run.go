@@ -9,7 +9,9 @@ import (
 
 	"github.com/keyward/keyward/internal/issuer"
 	"github.com/keyward/keyward/internal/manager"
+	"github.com/keyward/keyward/internal/scheme"
 	"github.com/keyward/keyward/internal/validator"
+	"github.com/keyward/keyward/internal/webhookcert"
 )
 
 // role says which parts of keyward a process runs.
@@ -35,8 +37,8 @@ func restConfig(o *options) (*rest.Config, error) {
 	return ctrl.GetConfig()
 }
 
-// run starts one manager with the role's parts: setupControllers, setupIssuer and
-// setupValidator, then mgr.Start.
+// run starts one manager with the role's parts: the controllers and the admission webhook,
+// the issuer and the validator, then mgr.Start.
 func run(r role, o *options) error {
 	ctx := ctrl.SetupSignalHandler()
 	cfg, err := restConfig(o)
@@ -44,10 +46,14 @@ func run(r role, o *options) error {
 		return fmt.Errorf("cannot load kubeconfig: %w", err)
 	}
 	mo := manager.Options{MetricsBindAddress: o.metricsAddr, HealthProbeBindAddress: o.probeAddr}
+	var rot *webhookcert.Rotator
 	if r.controllers {
 		mo.LeaderElection = o.leaderElect
 		mo.LeaderElectionID = "keyward-controller.keyward.dev"
 		mo.LeaderElectionNamespace = o.leaderElectionNamespace
+		if mo.WebhookServer, rot, err = o.webhook.server(cfg, scheme.New()); err != nil {
+			return err
+		}
 	}
 	mgr, err := manager.New(cfg, mo)
 	if err != nil {
@@ -56,6 +62,11 @@ func run(r role, o *options) error {
 	if r.controllers {
 		if err := manager.SetupControllers(ctx, mgr, manager.ControllerOptions{PublicURL: o.publicURL}); err != nil {
 			return err
+		}
+		if mo.WebhookServer != nil {
+			if err := setupWebhook(mgr, rot, o.publicURL); err != nil {
+				return fmt.Errorf("cannot set up the admission webhook: %w", err)
+			}
 		}
 	}
 	if r.issuer {

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	keywardv1 "github.com/keyward/keyward/api/v1alpha1"
 	"github.com/keyward/keyward/controllers"
@@ -44,6 +45,8 @@ type Options struct {
 	// Namespaces restricts the caches, and so the reconcilers, to these namespaces; every
 	// namespace when empty.
 	Namespaces []string
+	// WebhookServer serves the admission webhooks (package webhook/v1alpha1); none when nil.
+	WebhookServer webhook.Server
 	// SkipControllerNameValidation lets one process run several managers with the same
 	// controllers (tests that run two controller replicas side by side).
 	SkipControllerNameValidation bool
@@ -61,6 +64,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		LeaderElectionID:              o.LeaderElectionID,
 		LeaderElectionNamespace:       o.LeaderElectionNamespace,
 		LeaderElectionReleaseOnCancel: true,
+		WebhookServer:                 o.WebhookServer,
 	}
 	if o.SkipControllerNameValidation {
 		skip := true

@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/keyward/keyward/internal/scheme"
 )
@@ -37,9 +38,20 @@ func RepoRoot() string {
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
+// Option changes the control plane Start starts.
+type Option func(*envtest.Environment)
+
+// WithWebhooks installs the webhook configurations in config/webhook, changed to call a local
+// webhook server (see Env.WebhookServerOptions) with a CA envtest generates.
+func WithWebhooks() Option {
+	return func(e *envtest.Environment) {
+		e.WebhookInstallOptions.Paths = []string{filepath.Join(RepoRoot(), "config", "webhook")}
+	}
+}
+
 // Start starts etcd and kube-apiserver and installs the CRDs from config/crd. It fails
 // when KUBEBUILDER_ASSETS is not set: tests against the API server never silently skip.
-func Start() (*Env, error) {
+func Start(opts ...Option) (*Env, error) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		return nil, fmt.Errorf("KUBEBUILDER_ASSETS is not set: run the tests with `make test`, " +
 			"or export KUBEBUILDER_ASSETS=$(hack/control-plane.sh bin)")
@@ -48,6 +60,9 @@ func Start() (*Env, error) {
 		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd")},
 		ErrorIfCRDPathMissing: true,
 		Scheme:                scheme.New(),
+	}
+	for _, o := range opts {
+		o(env)
 	}
 	cfg, err := env.Start()
 	if err != nil {
@@ -63,6 +78,13 @@ func Start() (*Env, error) {
 	return &Env{env: env, Config: cfg, Client: c}, nil
 }
 
+// WebhookServerOptions are the options of a webhook server that the webhook configurations
+// installed by WithWebhooks call: host, port and the directory of the certificate they trust.
+func (e *Env) WebhookServerOptions() webhook.Options {
+	o := e.env.WebhookInstallOptions
+	return webhook.Options{Host: o.LocalServingHost, Port: o.LocalServingPort, CertDir: o.LocalServingCertDir}
+}
+
 // Stop stops the control plane.
 func (e *Env) Stop() error { return e.env.Stop() }
 
@@ -75,15 +97,15 @@ func GVK(kind string) schema.GroupVersionKind {
 // (silent unless $KEYWARD_TEST_LOGS is set), starts the control plane, calls setup (which may
 // start managers and servers under ctx and returns how to stop them), runs the tests, and tears
 // everything down. Use it as `func TestMain(m *testing.M) { os.Exit(testenv.Main(m, setup)) }`;
-// setup may be nil.
-func Main(m *testing.M, setup func(ctx context.Context, env *Env) (stop func() error, err error)) int {
+// setup may be nil. opts change the control plane (see WithWebhooks).
+func Main(m *testing.M, setup func(ctx context.Context, env *Env) (stop func() error, err error), opts ...Option) int {
 	logOut := io.Discard
 	if os.Getenv("KEYWARD_TEST_LOGS") != "" {
 		logOut = os.Stderr
 	}
 	ctrl.SetLogger(zap.New(zap.WriteTo(logOut), zap.UseDevMode(true)))
 
-	env, err := Start()
+	env, err := Start(opts...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
