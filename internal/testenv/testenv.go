@@ -40,14 +40,24 @@ func RepoRoot() string {
 // Start starts etcd and kube-apiserver and installs the CRDs from config/crd. It fails
 // when KUBEBUILDER_ASSETS is not set: tests against the API server never silently skip.
 func Start() (*Env, error) {
+	return start(true)
+}
+
+// StartWithoutCRDs starts etcd and kube-apiserver without keyward's CRDs, for tests that
+// install them the way users do (the Helm chart, kustomize).
+func StartWithoutCRDs() (*Env, error) {
+	return start(false)
+}
+
+func start(crds bool) (*Env, error) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		return nil, fmt.Errorf("KUBEBUILDER_ASSETS is not set: run the tests with `make test`, " +
 			"or export KUBEBUILDER_ASSETS=$(hack/control-plane.sh bin)")
 	}
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd")},
-		ErrorIfCRDPathMissing: true,
-		Scheme:                scheme.New(),
+	env := &envtest.Environment{Scheme: scheme.New()}
+	if crds {
+		env.CRDDirectoryPaths = []string{filepath.Join(RepoRoot(), "config", "crd")}
+		env.ErrorIfCRDPathMissing = true
 	}
 	cfg, err := env.Start()
 	if err != nil {
@@ -65,6 +75,37 @@ func Start() (*Env, error) {
 
 // Stop stops the control plane.
 func (e *Env) Stop() error { return e.env.Stop() }
+
+// AddUser provisions a user authenticated by a client certificate, with the given groups,
+// and returns its configuration. The API server authorizes with RBAC: a user outside
+// system:masters can do only what a (Cluster)RoleBinding grants it.
+func (e *Env) AddUser(name string, groups ...string) (*rest.Config, error) {
+	u, err := e.env.AddUser(envtest.User{Name: name, Groups: groups}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("cannot add user %s: %w", name, err)
+	}
+	cfg := u.Config()
+	cfg.QPS, cfg.Burst = 500, 1000
+	return cfg, nil
+}
+
+// WriteKubeconfig writes a kubeconfig for an administrator (system:masters) of the control
+// plane into dir and returns its path, for kubectl and helm.
+func (e *Env) WriteKubeconfig(dir string) (string, error) {
+	u, err := e.env.AddUser(envtest.User{Name: "keyward-test-admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return "", fmt.Errorf("cannot add the admin user: %w", err)
+	}
+	b, err := u.KubeConfig()
+	if err != nil {
+		return "", fmt.Errorf("cannot build a kubeconfig: %w", err)
+	}
+	path := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return "", err
+	}
+	return path, nil
+}
 
 // GVK is a convenience for tests that build unstructured objects.
 func GVK(kind string) schema.GroupVersionKind {
