@@ -177,7 +177,7 @@ func TestMinimumVersionIsTLS12(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			st, err := handshake(addr, &tls.Config{RootCAs: pool, MinVersion: c.version, MaxVersion: c.version}) //nolint:gosec // G402: testing that old versions are refused
+			st, err := handshake(addr, &tls.Config{RootCAs: pool, MinVersion: c.version, MaxVersion: c.version})
 			if c.ok {
 				if err != nil {
 					t.Fatalf("handshake failed: %v", err)
