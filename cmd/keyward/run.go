@@ -60,7 +60,7 @@ func run(r role, o *options) error {
 		return fmt.Errorf("cannot add shutdown readiness check: %w", err)
 	}
 	if r.controllers {
-		if err := manager.SetupControllers(ctx, mgr, manager.ControllerOptions{PublicURL: o.publicURL}); err != nil {
+		if err := manager.SetupControllers(ctx, mgr, manager.ControllerOptions{PublicURL: o.publicURL, Namespaces: namespaces}); err != nil {
 			return err
 		}
 	}

@@ -191,6 +191,9 @@ type ControllerOptions struct {
 	// SessionSweepInterval is how often every Session is listed to delete expired ones
 	// (controllers.DefaultSessionSweepInterval when zero).
 	SessionSweepInterval time.Duration
+	// Namespaces restricts the Session sweep, which lists from the API server rather than the
+	// cache, to the namespaces the manager's cache watches (Options.Namespaces); all when empty.
+	Namespaces []string
 }
 
 // SetupControllers registers keyward's reconcilers with the manager, and creates the
@@ -221,6 +224,7 @@ func SetupControllers(ctx context.Context, mgr ctrl.Manager, o ControllerOptions
 	}
 	if err := (&controllers.SessionReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clock: clock.RealClock{}, SweepInterval: o.SessionSweepInterval,
+		Namespaces: o.Namespaces,
 	}).SetupWithManager(ctx, mgr); err != nil {
 		return fmt.Errorf("cannot set up Session controller: %w", err)
 	}

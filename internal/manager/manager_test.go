@@ -83,7 +83,9 @@ func startManager(t *testing.T, user string, namespaces ...string) string {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := manager.SetupControllers(ctx, mgr, manager.ControllerOptions{PublicURL: "http://keyward.test"}); err != nil {
+	if err := manager.SetupControllers(ctx, mgr, manager.ControllerOptions{
+		PublicURL: "http://keyward.test", Namespaces: namespaces, SessionSweepInterval: time.Second,
+	}); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
@@ -198,11 +200,21 @@ func TestNamespaceRestriction(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The outside object exists before the manager starts: its initial list would see it.
+	// The outside objects exist before the manager starts: its initial list would see them.
+	// An expired Session is what the sweep, which lists from the API server, deletes.
 	for _, ns := range []string{outside, inside} {
 		sk := &keywardv1.SigningKey{ObjectMeta: metav1.ObjectMeta{Name: "main", Namespace: ns}}
-		if err := env.Client.Create(ctx, sk); err != nil {
-			t.Fatal(err)
+		expired := &keywardv1.Session{
+			ObjectMeta: metav1.ObjectMeta{Name: "expired", Namespace: ns},
+			Spec: keywardv1.SessionSpec{
+				IssuerRef: keywardv1.LocalObjectReference{Name: "main"}, Subject: "alice",
+				ExpiresAt: metav1.NewTime(time.Now().Add(-time.Hour)),
+			},
+		}
+		for _, o := range []client.Object{sk, expired} {
+			if err := env.Client.Create(ctx, o); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	probes := startManager(t, user, inside)
@@ -218,6 +230,13 @@ func TestNamespaceRestriction(t *testing.T) {
 		}
 		return meta.IsStatusConditionTrue(sk.Status.Conditions, "Ready"), fmt.Sprint(sk.Status.Conditions)
 	})
+	eventually(t, 60*time.Second, "the sweep deletes the expired Session inside the namespace", func() (bool, string) {
+		err := env.Client.Get(ctx, client.ObjectKey{Namespace: inside, Name: "expired"}, &keywardv1.Session{})
+		return apierrors.IsNotFound(err), fmt.Sprint(err)
+	})
+	if err := env.Client.Get(ctx, client.ObjectKey{Namespace: outside, Name: "expired"}, &keywardv1.Session{}); err != nil {
+		t.Errorf("the expired Session outside the watched namespace: %v, want it left alone", err)
+	}
 	var sk keywardv1.SigningKey
 	if err := env.Client.Get(ctx, client.ObjectKey{Namespace: outside, Name: "main"}, &sk); err != nil {
 		t.Fatal(err)
