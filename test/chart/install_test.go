@@ -149,7 +149,17 @@ var keywardCRDs = []string{"accesspolicies.keyward.dev", "sessions.keyward.dev",
 // a kubelet no pod runs: the test checks what the API server accepted and what it authorizes.
 func TestHelmInstall(t *testing.T) {
 	const ns, release = "keyward-system", "keyward"
-	helm(t, "install", release, chartDir, "--namespace", ns, "--create-namespace", "--wait=false")
+	out := helm(t, "install", release, chartDir, "--namespace", ns, "--create-namespace", "--wait=false")
+	// NOTES.txt tells the next commands.
+	for _, want := range []string{
+		"kubectl -n keyward-system rollout status deploy/keyward-controller deploy/keyward-issuer deploy/keyward-validator",
+		"kubectl auth can-i get secrets --as=system:serviceaccount:keyward-system:keyward-validator --all-namespaces",
+		"http://keyward-validator.keyward-system.svc:8081/authz",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("helm install's notes lack %q:\n%s", want, out)
+		}
+	}
 	m := assertInstalled(t, release, ns)
 	if n := len(m.ofKind("Deployment")); n != 3 {
 		t.Errorf("%d Deployments installed, want 3", n)
