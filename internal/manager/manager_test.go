@@ -21,8 +21,10 @@ import (
 	"sigs.k8s.io/yaml"
 
 	keywardv1 "github.com/keyward/keyward/api/v1alpha1"
+	"github.com/keyward/keyward/internal/issuer"
 	"github.com/keyward/keyward/internal/manager"
 	"github.com/keyward/keyward/internal/testenv"
+	"github.com/keyward/keyward/internal/validator"
 )
 
 var env *testenv.Env
@@ -35,17 +37,20 @@ func TestMain(m *testing.M) {
 }
 
 // controllerRules are the rules controller-gen generated for the controller role.
-func controllerRules(t *testing.T) []rbacv1.PolicyRule {
+func controllerRules(t *testing.T) []rbacv1.PolicyRule { return roleRules(t, "controller") }
+
+// roleRules are the rules controller-gen generated for a role (config/rbac/<role>_role.yaml).
+func roleRules(t *testing.T, role string) []rbacv1.PolicyRule {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "config", "rbac", "controller_role.yaml"))
+	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "config", "rbac", role+"_role.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var role rbacv1.ClusterRole
-	if err := yaml.Unmarshal(b, &role); err != nil {
+	var cr rbacv1.ClusterRole
+	if err := yaml.Unmarshal(b, &cr); err != nil {
 		t.Fatal(err)
 	}
-	return role.Rules
+	return cr.Rules
 }
 
 func freeAddr(t *testing.T) string {
@@ -70,6 +75,12 @@ func createNamespace(t *testing.T, name string) {
 // port, and returns the probe address.
 func startManager(t *testing.T, user string, namespaces ...string) string {
 	t.Helper()
+	return startRole(t, "controller", user, namespaces...)
+}
+
+// startRole runs one of keyward's roles as cmd/keyward wires it, as user.
+func startRole(t *testing.T, role, user string, namespaces ...string) string {
+	t.Helper()
 	cfg, err := env.AddUser(user)
 	if err != nil {
 		t.Fatal(err)
@@ -83,9 +94,21 @@ func startManager(t *testing.T, user string, namespaces ...string) string {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := manager.SetupControllers(ctx, mgr, manager.ControllerOptions{
-		PublicURL: "http://keyward.test", Namespaces: namespaces, SessionSweepInterval: time.Second,
-	}); err != nil {
+	switch role {
+	case "controller":
+		err = manager.SetupControllers(ctx, mgr, manager.ControllerOptions{
+			PublicURL: "http://keyward.test", Namespaces: namespaces, SessionSweepInterval: time.Second,
+		})
+	case "issuer":
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		err = issuer.Setup(ctx, mgr, issuer.Options{Listener: ln, PublicURL: "http://keyward.test", Namespaces: namespaces})
+	case "validator":
+		err = validator.Setup(ctx, mgr, validator.Options{AuthzAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", Namespaces: namespaces})
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
@@ -131,53 +154,58 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() (b
 	t.Fatalf("%s: not within %s (last: %s)", what, timeout, last)
 }
 
-// TestReadinessWaitsForInformers runs the controllers as a user that may not list anything:
-// the informers cannot sync, and /readyz must fail while /healthz passes. Once RBAC lets the
-// user list, the informers sync and /readyz passes.
+// TestReadinessWaitsForInformers runs each role as a user that may not list anything: the
+// informers cannot sync, and /readyz must fail while /healthz passes. Once the role's generated
+// ClusterRole is bound to the user, the informers sync and /readyz passes, which also shows that
+// each role's RBAC covers what it watches.
 func TestReadinessWaitsForInformers(t *testing.T) {
-	const user = "readiness-test"
-	probes := startManager(t, user)
+	for _, role := range []string{"controller", "issuer", "validator"} {
+		t.Run(role, func(t *testing.T) {
+			user := "readiness-" + role
+			probes := startRole(t, role, user)
 
-	eventually(t, 30*time.Second, "the probe server serves", func() (bool, string) {
-		code, body := readyz(probes)
-		return code != 0, body
-	})
-	// The informers keep failing to list: the check fails every time it is asked.
-	for i := range 10 {
-		code, body := readyz(probes)
-		if code == http.StatusOK {
-			t.Fatalf("probe %d: /readyz is 200 while the informers cannot list:\n%s", i, body)
-		}
-		if !strings.Contains(body, "[-]informers failed") {
-			t.Fatalf("probe %d: /readyz does not name the informers check:\n%s", i, body)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	resp, err := http.Get("http://" + probes + "/healthz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("/healthz is %d while waiting for the informers, want 200 (liveness must not restart a syncing pod)", resp.StatusCode)
-	}
+			eventually(t, 30*time.Second, "the probe server serves", func() (bool, string) {
+				code, body := readyz(probes)
+				return code != 0, body
+			})
+			// The informers keep failing to list: the check fails every time it is asked.
+			for i := range 5 {
+				code, body := readyz(probes)
+				if code == http.StatusOK {
+					t.Fatalf("probe %d: /readyz is 200 while the informers cannot list:\n%s", i, body)
+				}
+				if !strings.Contains(body, "[-]informers failed") {
+					t.Fatalf("probe %d: /readyz does not name the informers check:\n%s", i, body)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			resp, err := http.Get("http://" + probes + "/healthz")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("/healthz is %d while waiting for the informers, want 200 (liveness must not restart a syncing pod)", resp.StatusCode)
+			}
 
-	ctx := context.Background()
-	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: user}, Rules: controllerRules(t)}
-	binding := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: user},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: user},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}},
+			ctx := context.Background()
+			cr := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: user}, Rules: roleRules(t, role)}
+			binding := &rbacv1.ClusterRoleBinding{
+				ObjectMeta: metav1.ObjectMeta{Name: user},
+				RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: user},
+				Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}},
+			}
+			for _, o := range []client.Object{cr, binding} {
+				if err := env.Client.Create(ctx, o); err != nil {
+					t.Fatal(err)
+				}
+			}
+			eventually(t, 90*time.Second, "/readyz passes once the informers sync", func() (bool, string) {
+				code, body := readyz(probes)
+				return code == http.StatusOK, body
+			})
+		})
 	}
-	for _, o := range []client.Object{role, binding} {
-		if err := env.Client.Create(ctx, o); err != nil {
-			t.Fatal(err)
-		}
-	}
-	eventually(t, 90*time.Second, "/readyz passes once the informers sync", func() (bool, string) {
-		code, body := readyz(probes)
-		return code == http.StatusOK, body
-	})
 }
 
 // TestNamespaceRestriction runs the controllers restricted to one namespace, as a user whose
