@@ -311,3 +311,33 @@ func TestGracefulStop(t *testing.T) {
 		}
 	})
 }
+
+// TestNamespaceRestrictionEveryRole runs the issuer and the validator restricted to one
+// namespace with only their generated rules in a Role there: every cache they start stays in
+// that namespace, so they sync and turn ready.
+func TestNamespaceRestrictionEveryRole(t *testing.T) {
+	ctx := context.Background()
+	const ns = "team-roles"
+	createNamespace(t, ns)
+	for _, role := range []string{"issuer", "validator"} {
+		t.Run(role, func(t *testing.T) {
+			user := "restricted-" + role
+			r := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: user, Namespace: ns}, Rules: roleRules(t, role)}
+			binding := &rbacv1.RoleBinding{
+				ObjectMeta: metav1.ObjectMeta{Name: user, Namespace: ns},
+				RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: user},
+				Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}},
+			}
+			for _, o := range []client.Object{r, binding} {
+				if err := env.Client.Create(ctx, o); err != nil {
+					t.Fatal(err)
+				}
+			}
+			probes := startRole(t, role, user, ns)
+			eventually(t, 60*time.Second, "the "+role+" is ready with a namespaced Role only", func() (bool, string) {
+				code, body := readyz(probes)
+				return code == http.StatusOK, body
+			})
+		})
+	}
+}
