@@ -38,9 +38,9 @@ manifests: $(CONTROLLER_GEN) ## Generate CRDs, one ClusterRole per role (control
 	$(CONTROLLER_GEN) rbac:roleName=keyward-controller paths=./controllers/... paths=./internal/manager/... output:rbac:stdout > config/rbac/controller_role.yaml
 	@if [ -d internal/issuer ]; then $(CONTROLLER_GEN) rbac:roleName=keyward-issuer paths=./internal/issuer/... output:rbac:stdout > config/rbac/issuer_role.yaml; fi
 	@if [ -d internal/validator ]; then $(CONTROLLER_GEN) rbac:roleName=keyward-validator paths=./internal/validator/... output:rbac:stdout > config/rbac/validator_role.yaml; fi
-	rm -f charts/keyward/crds/*.yaml charts/keyward/files/*_role.yaml
-	cp config/crd/*.yaml charts/keyward/crds/
-	cp config/rbac/*_role.yaml charts/keyward/files/
+	rm -f charts/keyward/files/crds/*.yaml charts/keyward/files/*_role.yaml
+	cp config/crd/keyward.dev_*.yaml charts/keyward/files/crds/
+	cp config/rbac/controller_role.yaml config/rbac/issuer_role.yaml config/rbac/validator_role.yaml charts/keyward/files/
 
 .PHONY: fmt
 fmt: ## Run gofmt.
@@ -66,6 +66,17 @@ verify: generate manifests ## Check that generated files (deepcopy, CRDs, RBAC, 
 build: ## Build bin/keyward.
 	CGO_ENABLED=0 go build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/keyward ./cmd/keyward
 
+IMG ?= ghcr.io/keyward/keyward:$(VERSION)
+CONTAINER_TOOL ?= docker
+
+.PHONY: docker-build
+docker-build: ## Build the container image $(IMG) (one image for every role; needs a Docker engine).
+	$(CONTAINER_TOOL) build --build-arg VERSION=$(VERSION) -t $(IMG) .
+
+.PHONY: docker-push
+docker-push: ## Push the container image $(IMG).
+	$(CONTAINER_TOOL) push $(IMG)
+
 ##@ Test
 
 .PHONY: control-plane
@@ -73,8 +84,8 @@ control-plane: ## Build (once, cached) kube-apiserver, kubectl and etcd; prints 
 	hack/control-plane.sh bin
 
 .PHONY: test
-test: $(HELM) ## Run all tests against a real kube-apiserver + etcd (envtest).
-	HELM="$(HELM)" KUBEBUILDER_ASSETS="$$(hack/control-plane.sh bin)" go test $(GO_TEST_FLAGS) ./...
+test: $(HELM) ## Run all tests against a real kube-apiserver + etcd (envtest); the chart tests use the pinned helm.
+	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh bin)" HELM="$(HELM)" go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: bench
 bench: ## Run the Go benchmarks.

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -40,6 +41,9 @@ type SessionReconciler struct {
 	Clock     clock.PassiveClock
 	// SweepInterval is the time between sweeps; DefaultSessionSweepInterval when zero.
 	SweepInterval time.Duration
+	// Namespaces restricts the sweep to these namespaces (a namespace-restricted install has no
+	// permission to list Sessions cluster-wide); every namespace when empty.
+	Namespaces []string
 }
 
 // +kubebuilder:rbac:groups=keyward.dev,resources=sessions,verbs=get;list;watch;update;patch;delete
@@ -179,10 +183,24 @@ func (s *sessionSweep) Start(ctx context.Context) error {
 	}
 }
 
-// sweep applies DecideSession to every Session, listing them from the API server page by page.
+// sweep applies DecideSession to every Session of the watched namespaces.
 func (r *SessionReconciler) sweep(ctx context.Context) error {
+	if len(r.Namespaces) == 0 {
+		return r.sweepNamespace(ctx, "")
+	}
+	var errs []error
+	for _, ns := range r.Namespaces {
+		errs = append(errs, r.sweepNamespace(ctx, ns))
+	}
+	return errors.Join(errs...)
+}
+
+// sweepNamespace applies DecideSession to every Session of namespace ("" for all), listing
+// them from the API server page by page.
+func (r *SessionReconciler) sweepNamespace(ctx context.Context, namespace string) error {
 	var list keywardv1.SessionList
-	opts := []client.ListOption{client.Limit(sessionSweepPageSize)}
+	base := []client.ListOption{client.Limit(sessionSweepPageSize), client.InNamespace(namespace)}
+	opts := base
 	for {
 		if err := r.APIReader.List(ctx, &list, opts...); err != nil {
 			return fmt.Errorf("cannot list sessions: %w", err)
@@ -195,6 +213,6 @@ func (r *SessionReconciler) sweep(ctx context.Context) error {
 		if list.Continue == "" {
 			return nil
 		}
-		opts = []client.ListOption{client.Limit(sessionSweepPageSize), client.Continue(list.Continue)}
+		opts = append(base[:len(base):len(base)], client.Continue(list.Continue))
 	}
 }

@@ -40,7 +40,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$KUBECTL" apply -f "${BENCH_CRDS:-config/crd/}" >/dev/null
+"$KUBECTL" apply -k "${BENCH_CRDS:-config/crd/}" >/dev/null
 bin/keyward controller --leader-elect=false --metrics-bind-address 0 --health-probe-bind-address 0 >"$KEYWARD_RUN_DIR/controller.log" 2>&1 &
 pids+=($!)
 bin/keyward issuer --issuer-addr "$ISSUER_ADDR" --metrics-bind-address 127.0.0.1:19090 --health-probe-bind-address 0 >"$KEYWARD_RUN_DIR/issuer.log" 2>&1 &

@@ -20,7 +20,7 @@ KUBECONFIG="$(hack/control-plane.sh up)"
 export KUBECONFIG
 
 log "installing CRDs"
-kubectl apply --server-side -f config/crd >/dev/null
+kubectl apply --server-side -k config/crd >/dev/null
 kubectl wait --for condition=established --timeout=60s crd --all >/dev/null
 
 log "starting keyward all (log: $RUN_DIR/keyward.log)"

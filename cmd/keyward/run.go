@@ -40,12 +40,15 @@ func restConfig(o *options) (*rest.Config, error) {
 // run starts one manager with the role's parts: the controllers and the admission webhook,
 // the issuer and the validator, then mgr.Start.
 func run(r role, o *options) error {
-	ctx := ctrl.SetupSignalHandler()
+	// On SIGTERM the process turns unready at once and stops --shutdown-delay later; the
+	// servers then drain the requests in flight.
+	ctx, drainCheck := manager.GracefulStop(ctrl.SetupSignalHandler(), o.shutdownDelay)
 	cfg, err := restConfig(o)
 	if err != nil {
 		return fmt.Errorf("cannot load kubeconfig: %w", err)
 	}
-	mo := manager.Options{MetricsBindAddress: o.metricsAddr, HealthProbeBindAddress: o.probeAddr}
+	namespaces := o.namespaces()
+	mo := manager.Options{MetricsBindAddress: o.metricsAddr, HealthProbeBindAddress: o.probeAddr, Namespaces: namespaces}
 	var rot *webhookcert.Rotator
 	if r.controllers {
 		mo.LeaderElection = o.leaderElect
@@ -59,8 +62,11 @@ func run(r role, o *options) error {
 	if err != nil {
 		return err
 	}
+	if err := mgr.AddReadyzCheck("shutdown", drainCheck); err != nil {
+		return fmt.Errorf("cannot add shutdown readiness check: %w", err)
+	}
 	if r.controllers {
-		if err := manager.SetupControllers(ctx, mgr, manager.ControllerOptions{PublicURL: o.publicURL}); err != nil {
+		if err := manager.SetupControllers(ctx, mgr, manager.ControllerOptions{PublicURL: o.publicURL, Namespaces: namespaces}); err != nil {
 			return err
 		}
 		if mo.WebhookServer != nil {
@@ -70,12 +76,16 @@ func run(r role, o *options) error {
 		}
 	}
 	if r.issuer {
-		if err := issuer.Setup(ctx, mgr, o.issuer.options(o.publicURL)); err != nil {
+		io, err := o.issuer.options(o.publicURL, namespaces)
+		if err != nil {
+			return err
+		}
+		if err := issuer.Setup(ctx, mgr, io); err != nil {
 			return fmt.Errorf("cannot set up issuer: %w", err)
 		}
 	}
 	if r.validator {
-		vo, err := o.validator.options(o.publicURL)
+		vo, err := o.validator.options(o.publicURL, namespaces)
 		if err != nil {
 			return err
 		}
@@ -83,6 +93,6 @@ func run(r role, o *options) error {
 			return fmt.Errorf("cannot set up validator: %w", err)
 		}
 	}
-	ctrl.Log.Info("Starting keyward", "role", r.name, "version", version, "publicURL", o.publicURL)
+	ctrl.Log.Info("Starting keyward", "role", r.name, "version", version, "publicURL", o.publicURL, "namespaces", namespaces)
 	return mgr.Start(ctx)
 }

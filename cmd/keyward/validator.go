@@ -17,7 +17,9 @@ type validatorFlags struct {
 	trustedProxies string
 	allowUnmatched bool
 	allowHSKeys    bool
-	namespaces     string
+	tls            tlsFlags
+	grpcTLS        tlsFlags
+	grpcClientCA   string
 }
 
 func (f *validatorFlags) bind(fs *flag.FlagSet) {
@@ -26,11 +28,13 @@ func (f *validatorFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.trustedProxies, "trusted-proxies", "127.0.0.0/8,::1/128", "Comma-separated CIDRs of the proxies whose X-Forwarded-* and X-Original-* headers are trusted; empty trusts none.")
 	fs.BoolVar(&f.allowUnmatched, "allow-unmatched", false, "Allow requests to hosts no AccessPolicy names; denied by default.")
 	fs.BoolVar(&f.allowHSKeys, "allow-hs-keys", false, "Read SigningKey key-set Secrets to validate HS256/384/512 tokens; needs Secret read permission.")
-	fs.StringVar(&f.namespaces, "watch-namespaces", "", "Comma-separated namespaces to watch; all when empty.")
+	f.tls.bind(fs, "authz-tls", "the HTTP forward-auth listener")
+	f.grpcTLS.bind(fs, "authz-grpc-tls", "the gRPC listener")
+	fs.StringVar(&f.grpcClientCA, "authz-grpc-client-ca", "", "PEM file of the CAs whose client certificates the gRPC listener requires (mutual TLS, e.g. from Envoy); needs --authz-grpc-tls-cert. Reloaded when it changes.")
 }
 
 // options returns the validator.Options the flags describe.
-func (f *validatorFlags) options(publicURL string) (validator.Options, error) {
+func (f *validatorFlags) options(publicURL string, namespaces []string) (validator.Options, error) {
 	o := validator.Options{
 		AuthzAddr:      f.authzAddr,
 		GRPCAddr:       f.grpcAddr,
@@ -38,6 +42,7 @@ func (f *validatorFlags) options(publicURL string) (validator.Options, error) {
 		AllowUnmatched: f.allowUnmatched,
 		AllowHSKeys:    f.allowHSKeys,
 		TrustedProxies: []netip.Prefix{},
+		Namespaces:     namespaces,
 	}
 	for _, s := range strings.Split(f.trustedProxies, ",") {
 		if s = strings.TrimSpace(s); s == "" {
@@ -49,10 +54,15 @@ func (f *validatorFlags) options(publicURL string) (validator.Options, error) {
 		}
 		o.TrustedProxies = append(o.TrustedProxies, p.Masked())
 	}
-	for _, ns := range strings.Split(f.namespaces, ",") {
-		if ns = strings.TrimSpace(ns); ns != "" {
-			o.Namespaces = append(o.Namespaces, ns)
-		}
+	var err error
+	if o.HTTPTLS, err = f.tls.config(nil, "http/1.1"); err != nil {
+		return o, err
+	}
+	if f.grpcClientCA != "" && f.grpcTLS.cert == "" {
+		return o, fmt.Errorf("--authz-grpc-client-ca needs --authz-grpc-tls-cert and --authz-grpc-tls-key")
+	}
+	if o.GRPCTLS, err = f.grpcTLS.config(&f.grpcClientCA, "h2"); err != nil {
+		return o, err
 	}
 	return o, nil
 }

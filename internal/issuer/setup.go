@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -77,6 +78,13 @@ func setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Server, error) {
 	obs := &observer{client: mgr.GetClient(), registry: reg, publicURL: o.PublicURL}
 	if err := obs.setup(mgr); err != nil {
 		return nil, fmt.Errorf("cannot set up issuer observer: %w", err)
+	}
+	// Create the observer's informers now rather than when its controller starts, so that the
+	// manager's caches, and so its readiness check, include them.
+	for _, obj := range []client.Object{&keywardv1.TokenIssuer{}, &keywardv1.SigningKey{}, &corev1.Secret{}} {
+		if _, err := mgr.GetCache().GetInformer(ctx, obj, cache.BlockUntilSynced(false)); err != nil {
+			return nil, fmt.Errorf("cannot watch %T: %w", obj, err)
+		}
 	}
 	if err := watchRevoked(ctx, mgr, reg.revoked, o.Namespaces); err != nil {
 		return nil, err

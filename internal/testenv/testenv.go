@@ -49,6 +49,14 @@ func WithWebhooks() Option {
 	}
 }
 
+// WithoutCRDs leaves keyward's CRDs out, for tests that install them the way users do (the
+// Helm chart, kustomize).
+func WithoutCRDs() Option {
+	return func(e *envtest.Environment) {
+		e.CRDDirectoryPaths, e.ErrorIfCRDPathMissing = nil, false
+	}
+}
+
 // Start starts etcd and kube-apiserver and installs the CRDs from config/crd. It fails
 // when KUBEBUILDER_ASSETS is not set: tests against the API server never silently skip.
 func Start(opts ...Option) (*Env, error) {
@@ -87,6 +95,37 @@ func (e *Env) WebhookServerOptions() webhook.Options {
 
 // Stop stops the control plane.
 func (e *Env) Stop() error { return e.env.Stop() }
+
+// AddUser provisions a user authenticated by a client certificate, with the given groups,
+// and returns its configuration. The API server authorizes with RBAC: a user outside
+// system:masters can do only what a (Cluster)RoleBinding grants it.
+func (e *Env) AddUser(name string, groups ...string) (*rest.Config, error) {
+	u, err := e.env.AddUser(envtest.User{Name: name, Groups: groups}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("cannot add user %s: %w", name, err)
+	}
+	cfg := u.Config()
+	cfg.QPS, cfg.Burst = 500, 1000
+	return cfg, nil
+}
+
+// WriteKubeconfig writes a kubeconfig for an administrator (system:masters) of the control
+// plane into dir and returns its path, for kubectl and helm.
+func (e *Env) WriteKubeconfig(dir string) (string, error) {
+	u, err := e.env.AddUser(envtest.User{Name: "keyward-test-admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return "", fmt.Errorf("cannot add the admin user: %w", err)
+	}
+	b, err := u.KubeConfig()
+	if err != nil {
+		return "", fmt.Errorf("cannot build a kubeconfig: %w", err)
+	}
+	path := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return "", err
+	}
+	return path, nil
+}
 
 // GVK is a convenience for tests that build unstructured objects.
 func GVK(kind string) schema.GroupVersionKind {

@@ -162,6 +162,8 @@ type grpcServer struct {
 	checker *Checker
 	log     logr.Logger
 	ready   func(net.Addr)
+	// wrap, if set, wraps the listener (TLS).
+	wrap func(net.Listener) net.Listener
 }
 
 func (s *grpcServer) NeedLeaderElection() bool { return false }
@@ -188,6 +190,9 @@ func (s *grpcServer) Start(ctx context.Context) error {
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
 		return fmt.Errorf("cannot listen on %s: %w", s.addr, err)
+	}
+	if s.wrap != nil {
+		ln = s.wrap(ln)
 	}
 	if s.ready != nil {
 		s.ready(ln.Addr())

@@ -276,6 +276,8 @@ type httpServer struct {
 	log     logr.Logger
 	// ready, if set, receives the bound address once listening (tests bind ":0").
 	ready func(net.Addr)
+	// wrap, if set, wraps the listener (TLS).
+	wrap func(net.Listener) net.Listener
 }
 
 func (s *httpServer) NeedLeaderElection() bool { return false }
@@ -310,6 +312,9 @@ func (s *httpServer) Start(ctx context.Context) error {
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
 		return fmt.Errorf("cannot listen on %s: %w", s.addr, err)
+	}
+	if s.wrap != nil {
+		ln = s.wrap(ln)
 	}
 	if s.ready != nil {
 		s.ready(ln.Addr())

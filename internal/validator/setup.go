@@ -5,6 +5,7 @@ package validator
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -44,6 +45,10 @@ type Options struct {
 	AuthzAddr string
 	// GRPCAddr is the Envoy ext_authz v3 gRPC address; empty disables it.
 	GRPCAddr string
+	// HTTPTLS and GRPCTLS, when set, make the HTTP and gRPC listeners serve TLS with these
+	// configurations (tlsreload.Source.ServerConfig: reloaded certificates, TLS 1.2 at least,
+	// client certificates for mutual TLS). The gRPC one must offer ALPN "h2".
+	HTTPTLS, GRPCTLS *tls.Config
 	// PublicURL is the base of the iss of TokenIssuers without spec.issuer:
 	// {PublicURL}/{namespace}/{name}. It must equal the issuer role's.
 	PublicURL string
@@ -166,12 +171,12 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 	}
 	if o.AuthzAddr != "" {
 		h := &httpHandler{checker: v.Checker, trusted: o.TrustedProxies, log: log}
-		if err := mgr.Add(&httpServer{addr: o.AuthzAddr, handler: h, log: log, ready: listening("http")}); err != nil {
+		if err := mgr.Add(&httpServer{addr: o.AuthzAddr, handler: h, log: log, ready: listening("http"), wrap: tlsListener(o.HTTPTLS)}); err != nil {
 			return fmt.Errorf("cannot add HTTP forward auth server: %w", err)
 		}
 	}
 	if o.GRPCAddr != "" {
-		if err := mgr.Add(&grpcServer{addr: o.GRPCAddr, checker: v.Checker, log: log, ready: listening("grpc")}); err != nil {
+		if err := mgr.Add(&grpcServer{addr: o.GRPCAddr, checker: v.Checker, log: log, ready: listening("grpc"), wrap: tlsListener(o.GRPCTLS)}); err != nil {
 			return fmt.Errorf("cannot add gRPC authorization server: %w", err)
 		}
 	}
@@ -184,6 +189,14 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		return fmt.Errorf("cannot add validator readiness check: %w", err)
 	}
 	return nil
+}
+
+// tlsListener returns what wraps a server's listener: TLS with cfg, or nothing when cfg is nil.
+func tlsListener(cfg *tls.Config) func(net.Listener) net.Listener {
+	if cfg == nil {
+		return nil
+	}
+	return func(ln net.Listener) net.Listener { return tls.NewListener(ln, cfg) }
 }
 
 // cacheOptions select what the validator caches: revoked Sessions only, JWKS ConfigMaps

@@ -20,7 +20,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"text/template"
 	"time"
 
 	"k8s.io/client-go/tools/clientcmd"
@@ -45,6 +44,8 @@ var (
 	upstream   *httptest.Server
 	// issuerAddr is a `keyward issuer` process, which issues the tokens of TestIssuedTokens.
 	issuerAddr string
+	// keywardBin and kubeconfigPath let tests start more processes (tls_test.go).
+	keywardBin, kubeconfigPath string
 )
 
 type validatorProc struct {
@@ -140,6 +141,7 @@ func setup(ctx context.Context, dir string) (stop func(), err error) {
 	if err := writeKubeconfig(kubeconfig); err != nil {
 		return stop, err
 	}
+	keywardBin, kubeconfigPath = bin, kubeconfig
 	for i := range validators {
 		// The second validator trusts no proxy: forwarded headers are ignored there.
 		trusted := "127.0.0.0/8,::1/128"
@@ -194,7 +196,7 @@ func writeKubeconfig(path string) error {
 	return clientcmd.WriteToFile(*kc, path)
 }
 
-func startValidator(ctx context.Context, dir, bin, kubeconfig, name, trusted string) (*validatorProc, error) {
+func startValidator(ctx context.Context, dir, bin, kubeconfig, name, trusted string, extra ...string) (*validatorProc, error) {
 	v := &validatorProc{name: name}
 	var err error
 	for _, a := range []*string{&v.httpAddr, &v.grpcAddr, &v.probeAddr} {
@@ -216,6 +218,7 @@ func startValidator(ctx context.Context, dir, bin, kubeconfig, name, trusted str
 		"--trusted-proxies", trusted,
 		"--zap-log-level", "debug",
 	)
+	v.cmd.Args = append(v.cmd.Args, extra...)
 	v.cmd.Stdout, v.cmd.Stderr = v.log, v.log
 	if err := v.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("cannot start %s: %w", name, err)
@@ -278,79 +281,39 @@ func (v *validatorProc) waitReady(ctx context.Context, timeout time.Duration) er
 	return fmt.Errorf("%s not ready within %s", v.name, timeout)
 }
 
-// nginxConf is the documented nginx integration (README, "Validator"), on loopback ports,
-// with its own prefix, pid and logs.
-var nginxConf = template.Must(template.New("nginx").Parse(`
-worker_processes 1;
-daemon off;
-pid {{.Dir}}/nginx.pid;
-error_log {{.Dir}}/nginx-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path {{.Dir}}/client_body;
-  proxy_temp_path {{.Dir}}/proxy;
-  fastcgi_temp_path {{.Dir}}/fastcgi;
-  uwsgi_temp_path {{.Dir}}/uwsgi;
-  scgi_temp_path {{.Dir}}/scgi;
-
-  upstream keyward { server {{.Validator}}; keepalive 32; }
-  upstream app { server {{.Upstream}}; keepalive 32; }
-
-  server {
-    listen {{.Listen}};
-
-    location = /_keyward {
-      internal;
-      proxy_pass http://keyward/authz;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-URI $request_uri;
-      proxy_set_header X-Original-Method $request_method;
-      proxy_set_header X-Forwarded-Host $host;
-      proxy_set_header X-Original-URL "";
-      proxy_set_header X-Forwarded-Uri "";
-      proxy_set_header X-Forwarded-Method "";
-    }
-
-    location / {
-      auth_request /_keyward;
-      auth_request_set $kw_user   $upstream_http_x_auth_request_user;
-      auth_request_set $kw_email  $upstream_http_x_auth_request_email;
-      auth_request_set $kw_groups $upstream_http_x_auth_request_groups;
-      auth_request_set $kw_x_user   $upstream_http_x_user;
-      auth_request_set $kw_x_groups $upstream_http_x_groups;
-      proxy_set_header X-Auth-Request-User   $kw_user;
-      proxy_set_header X-Auth-Request-Email  $kw_email;
-      proxy_set_header X-Auth-Request-Groups $kw_groups;
-      proxy_set_header X-User   $kw_x_user;
-      proxy_set_header X-Groups $kw_x_groups;
-      proxy_set_header Host $host;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_pass http://app;
-    }
-  }
+// nginxConf is config/samples/nginx.conf, the documented nginx integration, with the
+// suite's loopback addresses in place of the sample's. Its paths are relative to the prefix
+// (nginx -p dir).
+func nginxConf(validatorAddr, upstreamAddr, listen string) ([]byte, error) {
+	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "config", "samples", "nginx.conf"))
+	if err != nil {
+		return nil, err
+	}
+	conf := string(b)
+	for _, r := range [][2]string{
+		{"server 127.0.0.1:8081;", "server " + validatorAddr + ";"},
+		{"server 127.0.0.1:8000;", "server " + upstreamAddr + ";"},
+		{"listen 127.0.0.1:8088;", "listen " + listen + ";"},
+	} {
+		if n := strings.Count(conf, r[0]); n != 1 {
+			return nil, fmt.Errorf("config/samples/nginx.conf has %q %d times, want once", r[0], n)
+		}
+		conf = strings.Replace(conf, r[0], r[1], 1)
+	}
+	return []byte(conf), nil
 }
-`))
 
 func startNginx(dir, validatorAddr, upstreamAddr string) (func(), error) {
 	listen, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
-	conf := filepath.Join(dir, "nginx.conf")
-	f, err := os.Create(conf)
+	b, err := nginxConf(validatorAddr, upstreamAddr, listen)
 	if err != nil {
 		return nil, err
 	}
-	err = nginxConf.Execute(f, map[string]string{"Dir": dir, "Validator": validatorAddr, "Upstream": upstreamAddr, "Listen": listen})
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	conf := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(conf, b, 0o600); err != nil {
 		return nil, err
 	}
 	logf, err := os.Create(filepath.Join(dir, "nginx.log"))
