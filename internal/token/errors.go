@@ -37,6 +37,9 @@ const (
 	ReasonWrongType Reason = "wrong_type"
 	// ReasonMissingClaim: a required claim is absent.
 	ReasonMissingClaim Reason = "missing_claim"
+	// ReasonBadClaim: a claim that becomes an identity header (sub, email, groups) holds a
+	// control character, which would split or corrupt the header.
+	ReasonBadClaim Reason = "bad_claim"
 )
 
 // Error is a refusal with its Reason. Its message never contains token contents (no claim or

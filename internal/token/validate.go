@@ -31,8 +31,9 @@ const TypeExternalAccess = "external-access"
 
 // Validate checks a token's header typ and claims against e, after Verify: the kind of token
 // (header typ and token_type both, so that a refresh token is never accepted as an access
-// token and the reverse), iss, aud, exp (required), nbf and iat (not in the future), and the
-// presence of sub and jti.
+// token and the reverse), iss, aud, exp (required), nbf and iat (not in the future), the
+// presence of sub and jti, and that sub, email and groups hold no control character (the
+// validator sends them upstream as header values, where CR LF would inject headers).
 //
 // The header typ is compared as RFC 7515 4.1.9 and RFC 9068 4 describe: case-insensitively,
 // with or without the "application/" prefix.
@@ -86,8 +87,34 @@ func Validate(t *Token, e Expect) error {
 		return refuse(ReasonMissingClaim, "sub is missing")
 	case c.ID == "" && e.Type != TypeExternalAccess:
 		return refuse(ReasonMissingClaim, "jti is missing")
+	case hasControl(c.Subject) || hasControl(c.Email) || slices.ContainsFunc(c.Groups, hasControl):
+		return refuse(ReasonBadClaim, "sub, email or groups holds a control character")
 	}
 	return nil
+}
+
+// hasControl reports whether s holds an ASCII control character (C0 or DEL). JSON escapes
+// let a signed claim carry any of them.
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+// KindOf returns the kind of token a header typ names, compared as Validate compares it
+// (case-insensitively, with or without "application/"): TokenTypeAccess for at+jwt,
+// TokenTypeRefresh for rt+jwt, "" for anything else.
+func KindOf(typ string) string {
+	switch {
+	case typeMatches(typ, TypeAccess):
+		return TokenTypeAccess
+	case typeMatches(typ, TypeRefresh):
+		return TokenTypeRefresh
+	}
+	return ""
 }
 
 // typeMatches compares a header typ with a media type without its "application/" prefix.
