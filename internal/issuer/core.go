@@ -100,7 +100,11 @@ func (s *Server) checkToken(cfg *issuerConfig, raw, want string) (*token.Claims,
 	if typ == "" {
 		return nil, "", tokenInvalid
 	}
-	if err := token.Validate(t, token.Expect{Issuer: cfg.iss, Type: typ, Now: s.clock.Now(), Leeway: cfg.leeway}); err != nil {
+	maxLifetime := cfg.accessTTL
+	if typ == token.TokenTypeRefresh {
+		maxLifetime = cfg.refreshTTL
+	}
+	if err := token.Validate(t, token.Expect{Issuer: cfg.iss, Type: typ, Now: s.clock.Now(), Leeway: cfg.leeway, MaxLifetime: maxLifetime}); err != nil {
 		return nil, "", tokenInvalid
 	}
 	if typ == token.TokenTypeAccess && !cfg.audienceOK(&t.Claims) {

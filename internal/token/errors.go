@@ -27,6 +27,8 @@ const (
 	ReasonBadSignature Reason = "bad_signature"
 	// ReasonExpired: exp has passed, leeway included.
 	ReasonExpired Reason = "expired"
+	// ReasonLifetime: exp lies further ahead than the issuer's token lifetime allows.
+	ReasonLifetime Reason = "lifetime_exceeded"
 	// ReasonNotYetValid: nbf or iat lies in the future, leeway included.
 	ReasonNotYetValid Reason = "not_yet_valid"
 	// ReasonBadIssuer: iss differs from the expected issuer.

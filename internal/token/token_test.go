@@ -743,6 +743,13 @@ func TestValidate(t *testing.T) {
 		{"a group with DEL is refused", func(c *Claims) { c.Groups = []string{"dev", "ad\x7fmin"} }, nil, ReasonBadClaim},
 		{"a sub with a tab is refused", func(c *Claims) { c.Subject = "al\tice" }, nil, ReasonBadClaim},
 		{"a sub with non-ASCII letters is valid", func(c *Claims) { c.Subject = "zoë" }, nil, ""},
+		{"an exp beyond MaxLifetime plus leeway is refused", func(c *Claims) { c.ExpiresAt = now.Add(5*time.Minute + 31*time.Second) },
+			func(e *Expect) { e.MaxLifetime = 5 * time.Minute }, ReasonLifetime},
+		{"an exp at MaxLifetime plus leeway is valid", func(c *Claims) { c.ExpiresAt = now.Add(5*time.Minute + 30*time.Second) },
+			func(e *Expect) { e.MaxLifetime = 5 * time.Minute }, ""},
+		{"an exp ten years ahead is valid without MaxLifetime", func(c *Claims) { c.ExpiresAt = now.AddDate(10, 0, 0) }, nil, ""},
+		{"an exp ten years ahead is refused with MaxLifetime", func(c *Claims) { c.ExpiresAt = now.AddDate(10, 0, 0) },
+			func(e *Expect) { e.MaxLifetime = time.Hour }, ReasonLifetime},
 		{"a zero Now means the current time", func(c *Claims) { c.ExpiresAt = time.Now().Add(-time.Hour) }, func(e *Expect) { e.Now = time.Time{} }, ReasonExpired},
 	}
 	for _, tt := range tests {

@@ -20,6 +20,10 @@ type Expect struct {
 	Now time.Time
 	// Leeway absorbs clock skew on exp, nbf and iat. Negative counts as zero.
 	Leeway time.Duration
+	// MaxLifetime, when positive, is the longest lifetime the issuer gives this kind of token:
+	// exp may lie at most MaxLifetime (plus Leeway) after Now. A token that outlives anything
+	// its issuer mints was not minted by it as configured, and is refused.
+	MaxLifetime time.Duration
 }
 
 // TypeExternalAccess is an Expect.Type for access tokens of external (third-party) issuers,
@@ -79,6 +83,8 @@ func Validate(t *Token, e Expect) error {
 		return refuse(ReasonMissingClaim, "exp is missing")
 	case !now.Before(c.ExpiresAt.Add(leeway)):
 		return refuse(ReasonExpired, "exp has passed")
+	case e.MaxLifetime > 0 && c.ExpiresAt.After(now.Add(e.MaxLifetime+leeway)):
+		return refuse(ReasonLifetime, "exp lies further ahead than the issuer's token lifetime")
 	case !c.NotBefore.IsZero() && now.Add(leeway).Before(c.NotBefore):
 		return refuse(ReasonNotYetValid, "nbf is in the future")
 	case !c.IssuedAt.IsZero() && now.Add(leeway).Before(c.IssuedAt):

@@ -50,6 +50,12 @@ func claimCases() []attack {
 		{category: "claims", name: "exp = now - leeway - 1s", source: "RFC 7519 §4.1.4", tok: m(map[string]string{"exp": secs(-l - time.Second)}), want: deny, verify: deny},
 		{category: "claims", name: "exp = now - leeway + 1s is within the leeway (accepted)", source: "RFC 7519 §4.1.4 (small leeway)",
 			tok: m(map[string]string{"exp": secs(-l + time.Second)}), want: allow, verify: allow},
+		{category: "claims", name: "exp ten years ahead (longer than the issuer ever mints)", source: "RFC 8725 §3.10; RFC 9068 §2.2; keyward ADR 0013",
+			tok: m(map[string]string{"exp": secs(10 * 365 * 24 * time.Hour)}), want: deny, verify: deny},
+		{category: "claims", name: "exp = now + lifetime (5m) + leeway + 1s", source: "keyward ADR 0013 (exp bounded by the issuer's lifetime)",
+			tok: m(map[string]string{"exp": secs(5*time.Minute + l + time.Second)}), want: deny, verify: deny},
+		{category: "claims", name: "exp = now + lifetime (5m) + leeway is accepted", source: "keyward ADR 0013",
+			tok: m(map[string]string{"exp": secs(5*time.Minute + l)}), want: allow, verify: allow},
 		{category: "claims", name: "nbf = now + leeway + 1s", source: "RFC 7519 §4.1.5", tok: m(map[string]string{"nbf": secs(l + time.Second)}), want: deny, verify: deny},
 		{category: "claims", name: "nbf = now + leeway is within the leeway (accepted)", source: "RFC 7519 §4.1.5", tok: m(map[string]string{"nbf": secs(l)}), want: allow, verify: allow},
 		{category: "claims", name: "nbf as a string", source: "RFC 7519 §2", tok: m(map[string]string{"nbf": `"0"`}), want: deny, verify: deny},
@@ -396,6 +402,8 @@ func transportCases() []attack {
 					{Key: "authorization", Value: "Bearer " + tok()}, {Key: "authorization", Value: "Bearer " + tok()}}}
 				return r
 			}, want: deny},
+		{category: t, name: "Authorization and authorization: the same field twice", source: "RFC 9110 §5.1 (field names are case-insensitive), §5.3",
+			http: hdr("Authorization: Bearer $T", "authorization: Bearer $T"), want: deny},
 		{category: t, name: "a valid and a forged Authorization header", source: "RFC 9110 §5.3",
 			http: hdr("Authorization: Bearer $T", "Authorization: Bearer x.y.z"), grpc: grpcAuth("Bearer $T, Bearer x.y.z"), want: deny},
 		{category: t, name: "two tokens in one field, comma-joined (Envoy's merge)", source: "RFC 9110 §5.3",

@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net/http"
 	"strings"
@@ -114,6 +115,20 @@ func unsigned(header, payload, sig string) string {
 // hs signs a token with HMAC-SHA256 under secret, with the header given.
 func hs(header string, secret []byte) string {
 	return seal(&issuerKeys{alg: keywardv1.AlgorithmHS256, priv: secret}, enc(header)+"."+enc(payloadOf(suite.main, nil)))
+}
+
+// servedJWKS is the issuer main's /.well-known/jwks.json.
+func servedJWKS() []byte {
+	resp, err := httpClient.Get(suite.main.base() + ".well-known/jwks.json")
+	if err != nil {
+		panic(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		panic(fmt.Sprintf("jwks: %d %v", resp.StatusCode, err))
+	}
+	return b
 }
 
 func rsaPublicPEM(pkix bool) []byte {
@@ -436,6 +451,8 @@ func catalogue() []attack {
 			tok: func() string { return hsFor(suite.main, ecPoint()) }, want: deny, verify: deny},
 		{category: "alg", name: "HS256 signed with the EdDSA public key bytes", source: "RFC 8725 §3.1",
 			tok: func() string { return hsFor(suite.ed, []byte(suite.ed.edKey().Public().(ed25519.PublicKey))) }, path: "/ed/x", want: deny, verify: deny, verifyAt: func() *issuerKeys { return suite.ed }},
+		{category: "alg", name: "HS256 signed with the JWKS document the issuer serves", source: "RFC 8725 §3.1; CVE-2015-9235",
+			tok: func() string { return hsFor(suite.main, servedJWKS()) }, want: deny, verify: deny},
 		{category: "alg", name: "HS256 with an empty secret", source: "CVE-2019-7644 class (empty HMAC key)",
 			tok: func() string { return hsFor(suite.main, []byte{}) }, want: deny, verify: deny},
 		{category: "alg", name: "HS256 with the secret \"secret\"", source: "RFC 8725 §3.5 (weak HMAC keys)",

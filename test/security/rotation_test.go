@@ -65,6 +65,11 @@ func rotationObjects() []client.Object {
 	}
 }
 
+// rotToken is a token of issuer rot, within its 10 s access-token lifetime.
+func rotToken(k *issuerKeys) string {
+	return mint(k, map[string]string{"exp": unix(10 * time.Second)}, nil)
+}
+
 // answers asks the three channels about a token of issuer rot.
 func answers(ctx context.Context, k *issuerKeys, tok string) (httpCode, verify int, grpcOK bool, err error) {
 	httpCode, _, err = httpAuthz(ctx, rawAuthz("/rot/x", "Bearer "+tok), false)
@@ -149,7 +154,7 @@ func TestRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tokA := mint(a, nil, nil)
+	tokA := rotToken(a)
 	t.Run("the Active key's token is accepted", func(t *testing.T) { eventuallyAnswer(t, a, tokA, true, 30*time.Second) })
 
 	b, err := importSecret("rot-b")
@@ -174,7 +179,7 @@ func TestRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	newKey := rotKey(t, ks.Active().KID)
-	tokB := mint(newKey, nil, nil)
+	tokB := rotToken(newKey)
 	t.Run("the new Active key's token is accepted", func(t *testing.T) { eventuallyAnswer(t, newKey, tokB, true, 30*time.Second) })
 	t.Run("the Retired key's token is still accepted", func(t *testing.T) {
 		if s := keyState(t, a.kid); s != keywardv1.KeyStateRetired {
