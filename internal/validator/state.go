@@ -20,16 +20,16 @@ import (
 // issuer is a token issuer as the decision core sees it: the exact iss, the leeway and the
 // verification keys. It is immutable; a change builds a new one.
 type issuer struct {
-	id        string // namespace/name, or an external issuer ID
-	iss       string
-	leeway    time.Duration
+	id     string // namespace/name, or an external issuer ID
+	iss    string
+	leeway time.Duration
 	// maxLifetime is a TokenIssuer's access-token lifetime: no token of it expires later
 	// than that from now (plus leeway). Zero for external issuers (not checked).
 	maxLifetime time.Duration
-	namespace string // a TokenIssuer's namespace, where its Sessions live; empty for external
-	keySource string
-	keys      map[string]*token.VerifyKey // TokenIssuer: its SigningKey's keys by kid
-	ext       *externalIssuer
+	namespace   string // a TokenIssuer's namespace, where its Sessions live; empty for external
+	keySource   string
+	keys        map[string]*token.VerifyKey // TokenIssuer: its SigningKey's keys by kid
+	ext         *externalIssuer
 }
 
 // key returns the key with the kid, or nil.
