@@ -118,3 +118,5 @@ func grpcCodeOf(status int) codes.Code {
 		return codes.Unauthenticated
 	}
 }
+
+func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

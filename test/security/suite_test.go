@@ -191,6 +191,11 @@ func createObjects(ctx context.Context) error {
 		},
 	}
 	for name, alg := range signingKeys {
+		rotation := keywardv1.RefreshTokenRotation{}
+		if name == "other" {
+			// No reuse grace: TestMalleatedRefreshTokenIsTheSameToken replays at once.
+			rotation.ReuseGracePeriod = &metav1.Duration{}
+		}
 		objs = append(objs, &keywardv1.SigningKey{
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 			Spec: keywardv1.SigningKeySpec{Algorithm: alg,
@@ -198,10 +203,11 @@ func createObjects(ctx context.Context) error {
 		}, &keywardv1.TokenIssuer{
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 			Spec: keywardv1.TokenIssuerSpec{
-				Audiences:     []string{"api"},
-				SigningKeyRef: keywardv1.LocalObjectReference{Name: name},
-				Users:         keywardv1.SecretReference{SecretRef: keywardv1.LocalObjectReference{Name: "users"}},
-				Leeway:        &metav1.Duration{Duration: leeway},
+				Audiences:            []string{"api"},
+				SigningKeyRef:        keywardv1.LocalObjectReference{Name: name},
+				Users:                keywardv1.SecretReference{SecretRef: keywardv1.LocalObjectReference{Name: "users"}},
+				Leeway:               &metav1.Duration{Duration: leeway},
+				RefreshTokenRotation: rotation,
 			},
 		})
 	}
