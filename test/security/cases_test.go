@@ -162,7 +162,7 @@ func sizeCases() []attack {
 	return []attack{
 		{category: "size", name: "a 1 MiB token", source: "RFC 8725 §3.10 (resource exhaustion); RFC 9110 §15.5.20 (431)",
 			tok:  func() string { return mint(suite.main, map[string]string{"x": quote(strings.Repeat("a", 1<<20))}, nil) },
-			want: deny, httpWant: http.StatusRequestHeaderFieldsTooLarge, grpcWant: codes.ResourceExhausted, verify: http.StatusRequestEntityTooLarge},
+			want: deny, httpWant: http.StatusRequestHeaderFieldsTooLarge, httpResetOK: true, grpcWant: codes.ResourceExhausted, verify: http.StatusRequestEntityTooLarge},
 		{category: "size", name: "a 54 KiB token (under the 64 KiB header limit, over the 8 KiB token cap)", source: "RFC 8725 §3.10",
 			tok: func() string {
 				return mint(suite.main, map[string]string{"x": quote(strings.Repeat("a", 40<<10))}, nil)
@@ -484,7 +484,7 @@ func transportCases() []attack {
 		{category: t, name: "non-UTF-8 bytes in X-Original-URI from the trusted proxy", source: "RFC 9110 §5.5; CWE-176",
 			http: raw(true, "GET /authz", "Host: "+appHost, "X-Original-URI: /public/\xff/../../api/items"), want: deny},
 		{category: t, name: "an 80 KiB header section is refused with 431", source: "RFC 6585 §5; RFC 9110 §15.5 (431)",
-			http: hdr("Authorization: Bearer $T", "Cookie: "+strings.Repeat("c", 80<<10)), want: deny, httpWant: http.StatusRequestHeaderFieldsTooLarge},
+			http: hdr("Authorization: Bearer $T", "Cookie: "+strings.Repeat("c", 80<<10)), want: deny, httpWant: http.StatusRequestHeaderFieldsTooLarge, httpResetOK: true},
 		{category: t, name: "a host with a trailing dot and port (same host)", source: "RFC 1034 §3.1; RFC 9110 §7.2",
 			http: raw(false, "GET /authz/api/items", "Host: "+appHost+".:443", "Authorization: Bearer $T"),
 			grpc: func() *authv3.CheckRequest {

@@ -37,13 +37,18 @@ type attack struct {
 	want     int
 	httpWant int
 	grpcWant codes.Code
+	// httpResetOK accepts a connection reset instead of httpWant: the server refused a
+	// request it would not read in full, and the reset may overtake its answer.
+	httpResetOK bool
 	// verify is the status of the issuer's /api/token/verify/ (0: the channel does not apply,
 	// as for transport cases); a 401 must carry code token_not_valid. verifyAt is the issuer
 	// asked, "main" when nil.
 	verify   int
 	verifyAt func() *issuerKeys
-	// path is the original path, /api/items (issuer "main") when empty.
+	// path is the original path, /api/items (issuer "main") when empty; host the original
+	// host, app.example.test when empty.
 	path string
+	host string
 	// Transport cases: the raw HTTP request (and whether it comes from the trusted proxy)
 	// and the CheckRequest. A nil function with a non-nil tok uses the default request; a
 	// case without tok and without one of them does not run on that front end.
@@ -707,8 +712,12 @@ func grpcIdentityIs(user string) func(*authv3.CheckResponse) error {
 }
 
 func checkReq(path, authorization string, extra map[string]string) func() *authv3.CheckRequest {
+	return checkReqHost(appHost, path, authorization, extra)
+}
+
+func checkReqHost(host, path, authorization string, extra map[string]string) func() *authv3.CheckRequest {
 	return func() *authv3.CheckRequest {
-		r := testsupport.CheckRequest("GET", appHost, path, "", extra)
+		r := testsupport.CheckRequest("GET", host, path, "", extra)
 		if authorization != "" {
 			r.Attributes.Request.Http.Headers["authorization"] = authorization
 		}

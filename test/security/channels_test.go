@@ -5,11 +5,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -32,16 +34,26 @@ func httpAuthz(ctx context.Context, raw string, trusted bool) (int, http.Header,
 	}
 	defer func() { _ = conn.Close() }()
 	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(conn, raw); err != nil {
-		return 0, nil, err
-	}
+	// Write while reading: a server that refuses an oversized request answers and closes
+	// before it has read all of it.
+	werr := make(chan error, 1)
+	go func() { _, err := io.WriteString(conn, raw); werr <- err }()
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
+		reset := func(e error) bool { return errors.Is(e, syscall.ECONNRESET) || errors.Is(e, syscall.EPIPE) }
+		if reset(err) || reset(<-werr) {
+			// The server reset the connection before its answer could be read.
+			return codeReset, nil, nil
+		}
 		return 0, nil, err
 	}
 	_ = resp.Body.Close()
 	return resp.StatusCode, resp.Header, nil
 }
+
+// codeReset is httpAuthz's status when the server reset the connection (after refusing a
+// request too large to read) before its answer arrived.
+const codeReset = -1
 
 // grpcAuthz asks the gRPC front end. It returns the CheckResponse's code, or the RPC's
 // error code when the call failed.

@@ -65,9 +65,12 @@ func runAttack(t *testing.T, a *attack) {
 	if a.tok != nil {
 		tok = a.tok()
 	}
-	path := a.path
+	path, host := a.path, a.host
 	if path == "" {
 		path = "/api/items"
+	}
+	if host == "" {
+		host = appHost
 	}
 	chs := a.channels()
 	if slices.Contains(chs, chHTTP) {
@@ -75,7 +78,7 @@ func runAttack(t *testing.T, a *attack) {
 		if a.http != nil {
 			raw, trusted = a.http()
 		} else {
-			raw = rawAuthz(path, "Bearer "+tok)
+			raw = rawAuthzHost(host, path, "Bearer "+tok)
 		}
 		want := a.want
 		if a.httpWant != 0 {
@@ -85,6 +88,7 @@ func runAttack(t *testing.T, a *attack) {
 		switch {
 		case err != nil:
 			t.Errorf("http: %v", err)
+		case code == codeReset && a.httpResetOK:
 		case code != want:
 			t.Errorf("http: %s, want %s", statusLine(code), statusLine(want))
 		case code == http.StatusUnauthorized && hdr.Get("WWW-Authenticate") != `Bearer error="invalid_token"`:
@@ -100,7 +104,7 @@ func runAttack(t *testing.T, a *attack) {
 		if a.grpc != nil {
 			req = a.grpc()
 		} else {
-			req = checkReq(path, "Bearer "+tok, nil)()
+			req = checkReqHost(host, path, "Bearer "+tok, nil)()
 		}
 		want := grpcCodeOf(a.want)
 		if a.grpcWant != codes.OK {

@@ -129,6 +129,8 @@ func setup(ctx context.Context, env *testenv.Env) (func() error, error) {
 		// HS tokens are read too: the confusion cases are harder with HS enabled.
 		AllowHSKeys: true,
 		Clock:       clk,
+		// External issuers' JWKS are refetched every second (TestExternalIssuer changes one).
+		ExternalRefreshInterval: time.Second,
 		OnListening: func(proto string, a net.Addr) {
 			mu.Lock()
 			addrs[proto] = a.String()
@@ -306,8 +308,12 @@ func waitServing(ctx context.Context) error {
 // rawAuthz is the request Envoy's HTTP mode (and any proxy that appends the original path)
 // sends: GET /authz<path> with the original Host and Authorization.
 func rawAuthz(path, authorization string, extra ...string) string {
+	return rawAuthzHost(appHost, path, authorization, extra...)
+}
+
+func rawAuthzHost(host, path, authorization string, extra ...string) string {
 	var b strings.Builder
-	b.WriteString("GET /authz" + path + " HTTP/1.1\r\nHost: " + appHost + "\r\n")
+	b.WriteString("GET /authz" + path + " HTTP/1.1\r\nHost: " + host + "\r\n")
 	if authorization != "" {
 		b.WriteString("Authorization: " + authorization + "\r\n")
 	}
