@@ -118,6 +118,9 @@ func claimCases() []attack {
 		{category: "claims", name: "token_type ACCESS in upper case", source: "simplejwt token_type (exact)", tok: m(map[string]string{"token_type": `"ACCESS"`}), want: deny, verify: deny},
 		{category: "claims", name: "gen negative", source: "keyward refresh generation (ADR 0005)", tok: m(map[string]string{"gen": "-1"}), want: deny, verify: deny},
 		{category: "claims", name: "groups not an array of strings", source: "keyward claims (groups: array of strings)", tok: m(map[string]string{"groups": `[1,2]`}), want: deny, verify: deny},
+		{category: "claims", name: "nbf 0 (1970) lies in the past: accepted", source: "RFC 7519 §4.1.5", tok: m(map[string]string{"nbf": "0"}), want: allow, verify: allow},
+		{category: "claims", name: "iat 0 (1970) lies in the past: accepted (exp still bounds the lifetime)", source: "RFC 7519 §4.1.6; ADR 0013",
+			tok: m(map[string]string{"iat": "0"}), want: allow, verify: allow},
 		{category: "claims", name: "iat missing is accepted (RFC 7519 makes it optional)", source: "RFC 7519 §4.1.6; RFC 9068 §2.2 (iat REQUIRED of issuers, not checked)",
 			tok: without("iat"), want: allow, verify: allow},
 	}

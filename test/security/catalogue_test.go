@@ -209,7 +209,6 @@ func manyClaims(n int) func() string {
 // named per case.
 func catalogue() []attack {
 	mainKID := func() string { return suite.main.kid }
-	other := func() *issuerKeys { return suite.other }
 	cs := []attack{
 		// Positive controls: if everything were denied, these fail.
 		{category: "control", name: "a token the issuer issued at login is accepted", source: "RFC 6750 §2.1; RFC 9068 §4",
@@ -653,7 +652,6 @@ func catalogue() []attack {
 	cs = append(cs, sizeCases()...)
 	cs = append(cs, revocationCases()...)
 	cs = append(cs, transportCases()...)
-	_ = other
 	return cs
 }
 

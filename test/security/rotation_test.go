@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
-	"fmt"
 	"testing"
 	"time"
 
@@ -206,5 +205,4 @@ func TestRotation(t *testing.T) {
 			t.Errorf("revoked key is still in the key set as %s", s)
 		}
 	})
-	_ = fmt.Sprint
 }

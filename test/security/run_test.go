@@ -1,7 +1,6 @@
 package security
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"slices"
@@ -25,6 +24,7 @@ func TestCatalogue(t *testing.T) {
 	perCategory := map[string]int{}
 	perChannel := map[string]int{}
 	names := map[string]bool{}
+	allowsAuthz, allowsVerify := 0, 0
 	for i := range cs {
 		a := &cs[i]
 		if a.source == "" || a.category == "" || a.name == "" {
@@ -39,6 +39,12 @@ func TestCatalogue(t *testing.T) {
 			t.Errorf("case %q runs on no channel", a.name)
 		}
 		perCategory[a.category]++
+		if a.want == allow {
+			allowsAuthz++
+		}
+		if a.verify == allow {
+			allowsVerify++
+		}
 		for _, ch := range chs {
 			perChannel[ch]++
 		}
@@ -48,7 +54,8 @@ func TestCatalogue(t *testing.T) {
 	for _, c := range sortedKeys(toStrings(perCategory)) {
 		fmt.Fprintf(&b, " %s=%d", c, perCategory[c])
 	}
-	t.Logf("%d cases;%s; runs per channel: http=%d grpc=%d verify=%d", len(cs), b.String(), perChannel[chHTTP], perChannel[chGRPC], perChannel[chVerify])
+	t.Logf("%d cases;%s; runs per channel: http=%d grpc=%d verify=%d; expected allows: validator %d, verify %d",
+		len(cs), b.String(), perChannel[chHTTP], perChannel[chGRPC], perChannel[chVerify], allowsAuthz, allowsVerify)
 }
 
 func toStrings(m map[string]int) map[string]string {
@@ -147,5 +154,3 @@ func deniedHTTP(status int) typev3.StatusCode {
 	}
 	return typev3.StatusCode_Unauthorized
 }
-
-var _ = context.Background
