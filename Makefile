@@ -85,7 +85,7 @@ FUZZ_TARGETS := \
 	internal/issuer:FuzzRequestBodies \
 	internal/keys:FuzzParseImport
 FUZZTIME ?= 60s
-FUZZFLAGS ?=
+FUZZFLAGS ?= -fuzzminimizetime=10s
 
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for FUZZTIME (default 60s), one after another. Findings land in the package's testdata/fuzz/.

@@ -242,7 +242,7 @@ func revoked() pair {
 		}
 		resp, err := postJSON(ctx, suite.main.base()+"api/token/blacklist/", map[string]string{"refresh": p.refresh})
 		if err != nil || resp != 200 {
-			pairErr = fmt.Errorf("blacklist: %d %v", resp, err)
+			pairErr = fmt.Errorf("blacklist: %d %w", resp, err)
 			return
 		}
 		deadline := time.Now().Add(30 * time.Second)
@@ -252,7 +252,7 @@ func revoked() pair {
 				break
 			}
 			if time.Now().After(deadline) {
-				pairErr = fmt.Errorf("the validator still answers %d %v for a revoked session's token", code, err)
+				pairErr = fmt.Errorf("the validator still answers %d for a revoked session's token: %w", code, err)
 				return
 			}
 			time.Sleep(50 * time.Millisecond)
@@ -279,7 +279,7 @@ func login(ctx context.Context) (pair, error) {
 	defer func() { _ = resp.Body.Close() }()
 	var out struct{ Access, Refresh string }
 	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != 200 {
-		return pair{}, fmt.Errorf("login: %d %v", resp.StatusCode, err)
+		return pair{}, fmt.Errorf("login: %d %w", resp.StatusCode, err)
 	}
 	var claims struct {
 		SID string `json:"sid"`

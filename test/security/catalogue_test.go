@@ -112,11 +112,6 @@ func mainHeader(extra string) string {
 	return `{"alg":"ES256","kid":` + quote(suite.main.kid) + `,"typ":"at+jwt"` + extra + `}`
 }
 
-// unsigned is header.payload. with an empty or given signature.
-func unsigned(header, payload, sig string) string {
-	return enc(header) + "." + enc(payload) + "." + sig
-}
-
 // hs signs a token with HMAC-SHA256 under secret, with the header given.
 func hs(header string, secret []byte) string {
 	return seal(&issuerKeys{alg: keywardv1.AlgorithmHS256, priv: secret}, enc(header)+"."+enc(payloadOf(suite.main, nil)))

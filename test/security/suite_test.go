@@ -297,7 +297,7 @@ func waitServing(ctx context.Context) error {
 				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("issuer %s not serving within a minute: validator %d %v, verify %d %v", k.name, code, err, vcode, verr)
+				return fmt.Errorf("issuer %s not serving within a minute: validator %d, verify %d: %w", k.name, code, vcode, errors.Join(err, verr))
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
