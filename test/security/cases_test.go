@@ -28,41 +28,39 @@ func deflate(s string) []byte {
 	return b.Bytes()
 }
 
-func secs(d time.Duration) string { return unix(d) }
-
 // claimCases: a valid signature over claims keyward must refuse (or, where named, accept).
 func claimCases() []attack {
 	l := leeway
 	return []attack{
 		{category: "claims", name: "exp missing", source: "RFC 9068 §2.2 (exp REQUIRED); RFC 8725 §3.10", tok: without("exp"), want: deny, verify: deny},
 		{category: "claims", name: "exp 0", source: "RFC 7519 §4.1.4", tok: m(map[string]string{"exp": "0"}), want: deny, verify: deny},
-		{category: "claims", name: "exp as a string", source: "RFC 7519 §2 (NumericDate is a number)", tok: m(map[string]string{"exp": quote(secs(time.Hour))}), want: deny, verify: deny},
-		{category: "claims", name: "exp as a float with a fraction", source: "RFC 7519 §2", tok: m(map[string]string{"exp": secs(time.Hour) + ".5"}), want: deny, verify: deny},
+		{category: "claims", name: "exp as a string", source: "RFC 7519 §2 (NumericDate is a number)", tok: m(map[string]string{"exp": quote(unix(time.Hour))}), want: deny, verify: deny},
+		{category: "claims", name: "exp as a float with a fraction", source: "RFC 7519 §2", tok: m(map[string]string{"exp": unix(time.Hour) + ".5"}), want: deny, verify: deny},
 		{category: "claims", name: "exp in exponent notation", source: "RFC 7519 §2", tok: m(map[string]string{"exp": "1e10"}), want: deny, verify: deny},
 		{category: "claims", name: "exp negative", source: "RFC 7519 §2", tok: m(map[string]string{"exp": "-1"}), want: deny, verify: deny},
 		{category: "claims", name: "exp beyond int64", source: "RFC 7519 §2; CWE-190", tok: m(map[string]string{"exp": "99999999999999999999"}), want: deny, verify: deny},
 		{category: "claims", name: "exp after year 9999", source: "RFC 7519 §2", tok: m(map[string]string{"exp": "253402300800"}), want: deny, verify: deny},
 		{category: "claims", name: "exp true", source: "RFC 7519 §2", tok: m(map[string]string{"exp": "true"}), want: deny, verify: deny},
 		{category: "claims", name: "exp null", source: "RFC 7519 §2", tok: m(map[string]string{"exp": "null"}), want: deny, verify: deny},
-		{category: "claims", name: "exp an hour ago", source: "RFC 7519 §4.1.4", tok: m(map[string]string{"exp": secs(-time.Hour)}), want: deny, verify: deny},
+		{category: "claims", name: "exp an hour ago", source: "RFC 7519 §4.1.4", tok: m(map[string]string{"exp": unix(-time.Hour)}), want: deny, verify: deny},
 		{category: "claims", name: "exp = now - leeway (the boundary is exclusive)", source: "RFC 7519 §4.1.4 ('on or after' exp MUST NOT be accepted)",
-			tok: m(map[string]string{"exp": secs(-l)}), want: deny, verify: deny},
-		{category: "claims", name: "exp = now - leeway - 1s", source: "RFC 7519 §4.1.4", tok: m(map[string]string{"exp": secs(-l - time.Second)}), want: deny, verify: deny},
+			tok: m(map[string]string{"exp": unix(-l)}), want: deny, verify: deny},
+		{category: "claims", name: "exp = now - leeway - 1s", source: "RFC 7519 §4.1.4", tok: m(map[string]string{"exp": unix(-l - time.Second)}), want: deny, verify: deny},
 		{category: "claims", name: "exp = now - leeway + 1s is within the leeway (accepted)", source: "RFC 7519 §4.1.4 (small leeway)",
-			tok: m(map[string]string{"exp": secs(-l + time.Second)}), want: allow, verify: allow},
+			tok: m(map[string]string{"exp": unix(-l + time.Second)}), want: allow, verify: allow},
 		{category: "claims", name: "exp ten years ahead (longer than the issuer ever mints)", source: "RFC 8725 §3.10; RFC 9068 §2.2; keyward ADR 0013",
-			tok: m(map[string]string{"exp": secs(10 * 365 * 24 * time.Hour)}), want: deny, verify: deny},
+			tok: m(map[string]string{"exp": unix(10 * 365 * 24 * time.Hour)}), want: deny, verify: deny},
 		{category: "claims", name: "exp = now + lifetime (5m) + leeway + 1s", source: "keyward ADR 0013 (exp bounded by the issuer's lifetime)",
-			tok: m(map[string]string{"exp": secs(5*time.Minute + l + time.Second)}), want: deny, verify: deny},
+			tok: m(map[string]string{"exp": unix(5*time.Minute + l + time.Second)}), want: deny, verify: deny},
 		{category: "claims", name: "exp = now + lifetime (5m) + leeway is accepted", source: "keyward ADR 0013",
-			tok: m(map[string]string{"exp": secs(5*time.Minute + l)}), want: allow, verify: allow},
-		{category: "claims", name: "nbf = now + leeway + 1s", source: "RFC 7519 §4.1.5", tok: m(map[string]string{"nbf": secs(l + time.Second)}), want: deny, verify: deny},
-		{category: "claims", name: "nbf = now + leeway is within the leeway (accepted)", source: "RFC 7519 §4.1.5", tok: m(map[string]string{"nbf": secs(l)}), want: allow, verify: allow},
+			tok: m(map[string]string{"exp": unix(5*time.Minute + l)}), want: allow, verify: allow},
+		{category: "claims", name: "nbf = now + leeway + 1s", source: "RFC 7519 §4.1.5", tok: m(map[string]string{"nbf": unix(l + time.Second)}), want: deny, verify: deny},
+		{category: "claims", name: "nbf = now + leeway is within the leeway (accepted)", source: "RFC 7519 §4.1.5", tok: m(map[string]string{"nbf": unix(l)}), want: allow, verify: allow},
 		{category: "claims", name: "nbf as a string", source: "RFC 7519 §2", tok: m(map[string]string{"nbf": `"0"`}), want: deny, verify: deny},
 		{category: "claims", name: "nbf as a float", source: "RFC 7519 §2", tok: m(map[string]string{"nbf": "0.5"}), want: deny, verify: deny},
 		{category: "claims", name: "nbf negative", source: "RFC 7519 §2", tok: m(map[string]string{"nbf": "-100"}), want: deny, verify: deny},
 		{category: "claims", name: "iat = now + leeway + 1s (issued in the future)", source: "RFC 7519 §4.1.6; RFC 8725 §3.10",
-			tok: m(map[string]string{"iat": secs(l + time.Second)}), want: deny, verify: deny},
+			tok: m(map[string]string{"iat": unix(l + time.Second)}), want: deny, verify: deny},
 		{category: "claims", name: "iat as a string", source: "RFC 7519 §2", tok: m(map[string]string{"iat": `"now"`}), want: deny, verify: deny},
 		{category: "claims", name: "iat huge", source: "RFC 7519 §2", tok: m(map[string]string{"iat": "1e300"}), want: deny, verify: deny},
 		{category: "claims", name: "aud missing", source: "RFC 9068 §4 (aud MUST match); RFC 8725 §3.9", tok: without("aud"), want: deny, verify: deny},

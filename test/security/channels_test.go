@@ -130,5 +130,3 @@ func grpcCodeOf(status int) codes.Code {
 		return codes.Unauthenticated
 	}
 }
-
-func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

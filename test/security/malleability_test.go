@@ -1,6 +1,7 @@
 package security
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -39,7 +40,7 @@ func TestMalleatedRefreshTokenIsTheSameToken(t *testing.T) {
 
 func postJSONBody(ctx context.Context, t *testing.T, url string, body []byte) (int, map[string]string) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytesReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
