@@ -73,6 +73,7 @@ func externalCases(ext *issuerKeys, srv *testsupport.OIDCServer) []attack {
 // TestExternalIssuer runs the external cases, then makes the external JWKS publish an HMAC
 // key (and a private key): the set is refused, and tokens signed with them are refused.
 func TestExternalIssuer(t *testing.T) {
+	t.Parallel()
 	srv := testsupport.NewOIDCServer(t)
 	raw, err := keys.Generate(keywardv1.AlgorithmES256)
 	if err != nil {

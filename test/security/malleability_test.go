@@ -13,6 +13,7 @@ import (
 // the session, and the original is then a reused refresh token, which revokes the session.
 // Issuer "other" has no reuse grace period.
 func TestMalleatedRefreshTokenIsTheSameToken(t *testing.T) {
+	t.Parallel()
 	ctx := t.Context()
 	k := suite.other
 	body, _ := json.Marshal(map[string]string{"username": "alice", "password": "wonderland"})

@@ -145,8 +145,8 @@ func waitFor(t *testing.T, within time.Duration, what string, f func() bool) {
 }
 
 // TestRotation: a Retired key's tokens stay valid, a removed key's and a revoked key's do
-// not, on all three channels. It runs in parallel with the catalogue (it waits on the
-// controller's real schedule, about 20 s).
+// not, on all three channels. It waits on the controller's real schedule (about 20 s), in
+// parallel with the other tests of the package.
 func TestRotation(t *testing.T) {
 	t.Parallel()
 	a, err := readActiveKey(t.Context(), "rot")

@@ -17,6 +17,7 @@ const minCases = 120
 
 // TestCatalogue runs every attack through every channel it applies to and checks the answer.
 func TestCatalogue(t *testing.T) {
+	t.Parallel()
 	cs := catalogue()
 	if len(cs) < minCases {
 		t.Errorf("the catalogue has %d cases, want at least %d", len(cs), minCases)

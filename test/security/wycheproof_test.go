@@ -86,6 +86,7 @@ func refusedEverywhere(t *testing.T, k *issuerKeys, path, tok string) (channel s
 }
 
 func TestWycheproofThroughTheFrontEnds(t *testing.T) {
+	t.Parallel()
 	type source struct {
 		file string
 		k    func() *issuerKeys
