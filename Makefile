@@ -87,6 +87,30 @@ control-plane: ## Build (once, cached) kube-apiserver, kubectl and etcd; prints 
 test: $(HELM) ## Run all tests against a real kube-apiserver + etcd (envtest); the chart tests use the pinned helm.
 	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh bin)" HELM="$(HELM)" go test $(GO_TEST_FLAGS) ./...
 
+# Fuzz targets, as package:Target. `go test -fuzz` takes one target per run.
+FUZZ_TARGETS := \
+	internal/token:FuzzParse \
+	internal/token:FuzzClaimsJSON \
+	internal/token:FuzzVerifyKeysFromJWKS \
+	internal/validator:FuzzCheckRequestWire \
+	internal/validator:FuzzCheck \
+	internal/issuer:FuzzRequestBodies \
+	internal/keys:FuzzParseImport
+FUZZTIME ?= 60s
+FUZZFLAGS ?= -fuzzminimizetime=10s
+
+.PHONY: fuzz
+fuzz: ## Run each fuzz target for FUZZTIME (default 60s), one after another. Findings land in the package's testdata/fuzz/.
+	@for t in $(FUZZ_TARGETS); do \
+		pkg="./$${t%%:*}"; name="$${t##*:}"; \
+		echo "==> $$name in $$pkg for $(FUZZTIME)"; \
+		go test -run '^$$' -fuzz "^$${name}$$" -fuzztime $(FUZZTIME) $(FUZZFLAGS) "$$pkg" || exit 1; \
+	done
+
+.PHONY: fuzz-smoke
+fuzz-smoke: ## Run each fuzz target briefly (5s), as CI does.
+	$(MAKE) fuzz FUZZTIME=5s
+
 .PHONY: bench
 bench: ## Run the Go benchmarks.
 	go test -run '^$$' -bench . -benchmem ./...

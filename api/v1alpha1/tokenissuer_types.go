@@ -262,9 +262,27 @@ func init() {
 // Defaults of the TokenIssuer fields where zero is a meaningful value, for objects that did not
 // go through the API server's defaulting.
 const (
-	DefaultLeeway           = 30 * time.Second
-	DefaultReuseGracePeriod = 5 * time.Second
+	DefaultLeeway               = 30 * time.Second
+	DefaultReuseGracePeriod     = 5 * time.Second
+	DefaultAccessTokenLifetime  = 5 * time.Minute
+	DefaultRefreshTokenLifetime = 24 * time.Hour
 )
+
+// AccessTokenLifetimeDuration returns spec.accessTokenLifetime, or its default when unset.
+func (s *TokenIssuerSpec) AccessTokenLifetimeDuration() time.Duration {
+	if s.AccessTokenLifetime.Duration <= 0 {
+		return DefaultAccessTokenLifetime
+	}
+	return s.AccessTokenLifetime.Duration
+}
+
+// RefreshTokenLifetimeDuration returns spec.refreshTokenLifetime, or its default when unset.
+func (s *TokenIssuerSpec) RefreshTokenLifetimeDuration() time.Duration {
+	if s.RefreshTokenLifetime.Duration <= 0 {
+		return DefaultRefreshTokenLifetime
+	}
+	return s.RefreshTokenLifetime.Duration
+}
 
 // LeewayDuration returns spec.leeway, or its default when unset. Zero is a valid leeway.
 func (s *TokenIssuerSpec) LeewayDuration() time.Duration {

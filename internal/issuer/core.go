@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"time"
 
 	keywardv1 "github.com/keyward/keyward/api/v1alpha1"
@@ -93,16 +94,20 @@ func (s *Server) checkToken(cfg *issuerConfig, raw, want string) (*token.Claims,
 	if err := token.Verify(t, cfg.verifyKeys[t.Header().KID]); err != nil {
 		return nil, "", tokenInvalid
 	}
-	var typ string
-	switch t.Header().Typ {
-	case token.TypeAccess:
-		typ = token.TokenTypeAccess
-	case token.TypeRefresh:
-		typ = token.TokenTypeRefresh
-	default:
+	// The header typ names the kind, compared as the validator compares it (RFC 7515
+	// 4.1.9: case-insensitive, "application/" optional); Validate checks token_type agrees.
+	typ := token.KindOf(t.Header().Typ)
+	if typ == "" {
 		return nil, "", tokenInvalid
 	}
-	if err := token.Validate(t, token.Expect{Issuer: cfg.iss, Type: typ, Now: s.clock.Now(), Leeway: cfg.leeway}); err != nil {
+	maxLifetime := cfg.accessTTL
+	if typ == token.TokenTypeRefresh {
+		maxLifetime = cfg.refreshTTL
+	}
+	if err := token.Validate(t, token.Expect{Issuer: cfg.iss, Type: typ, Now: s.clock.Now(), Leeway: cfg.leeway, MaxLifetime: maxLifetime}); err != nil {
+		return nil, "", tokenInvalid
+	}
+	if typ == token.TokenTypeAccess && !cfg.audienceOK(&t.Claims) {
 		return nil, "", tokenInvalid
 	}
 	if typ == token.TokenTypeRefresh && (t.Claims.SessionID == "" || t.Claims.Generation < 1) {
@@ -112,6 +117,23 @@ func (s *Server) checkToken(cfg *issuerConfig, raw, want string) (*token.Claims,
 		return nil, typ, tokenWrongType
 	}
 	return &t.Claims, typ, 0
+}
+
+// audienceOK reports whether an access token's aud is one this issuer gives its tokens: the
+// TokenIssuer's audiences, and those of the client named by client_id (client_credentials
+// tokens carry the client's). When the issuer gives no audience, a token must have none
+// (PyJWT, under simplejwt, refuses an aud it was not told to expect).
+func (cfg *issuerConfig) audienceOK(c *token.Claims) bool {
+	want := cfg.audiences
+	if c.ClientID != "" && cfg.clients != nil {
+		if cl := cfg.clients.byID[c.ClientID]; cl != nil && len(cl.Audiences) > 0 {
+			want = append(slices.Clone(want), cl.Audiences...)
+		}
+	}
+	if len(want) == 0 {
+		return len(c.Audience) == 0
+	}
+	return slices.ContainsFunc(c.Audience, func(a string) bool { return slices.Contains(want, a) })
 }
 
 // sign signs claims and records the signing latency.

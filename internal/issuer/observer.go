@@ -105,8 +105,8 @@ func (o *observer) build(ctx context.Context, ti *keywardv1.TokenIssuer) (*issue
 		label:      key.String(),
 		iss:        ti.EffectiveIssuer(o.publicURL),
 		audiences:  spec.Audiences,
-		accessTTL:  orDefault(spec.AccessTokenLifetime.Duration, 5*time.Minute),
-		refreshTTL: orDefault(spec.RefreshTokenLifetime.Duration, 24*time.Hour),
+		accessTTL:  spec.AccessTokenLifetimeDuration(),
+		refreshTTL: spec.RefreshTokenLifetimeDuration(),
 		leeway:     spec.LeewayDuration(),
 		rotate:     spec.RefreshTokenRotation.IsEnabled(),
 		grace:      spec.RefreshTokenRotation.GracePeriod(),
@@ -207,13 +207,6 @@ func (o *observer) build(ctx context.Context, ti *keywardv1.TokenIssuer) (*issue
 		}
 	}
 	return cfg, nil
-}
-
-func orDefault(d, def time.Duration) time.Duration {
-	if d <= 0 {
-		return def
-	}
-	return d
 }
 
 func rateSpecOf(l keywardv1.LoginRateLimit, burst, perMinute int) rateSpec {

@@ -6,6 +6,7 @@ package testenv
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -137,7 +138,15 @@ func GVK(kind string) schema.GroupVersionKind {
 // start managers and servers under ctx and returns how to stop them), runs the tests, and tears
 // everything down. Use it as `func TestMain(m *testing.M) { os.Exit(testenv.Main(m, setup)) }`;
 // setup may be nil. opts change the control plane (see WithWebhooks).
+//
+// Under `go test -fuzz` (the fuzzing process and its workers) no control plane is started:
+// fuzz targets do not use one, and every worker would start its own. Run fuzzing with
+// -run '^$' so that no test that needs the control plane runs there.
 func Main(m *testing.M, setup func(ctx context.Context, env *Env) (stop func() error, err error), opts ...Option) int {
+	flag.Parse()
+	if fuzzing() {
+		return m.Run()
+	}
 	logOut := io.Discard
 	if os.Getenv("KEYWARD_TEST_LOGS") != "" {
 		logOut = os.Stderr
@@ -169,6 +178,16 @@ func Main(m *testing.M, setup func(ctx context.Context, env *Env) (stop func() e
 		fmt.Fprintln(os.Stderr, "stopped with an error:", err)
 	}
 	return code
+}
+
+// fuzzing reports whether the test binary runs under `go test -fuzz`.
+func fuzzing() bool {
+	for _, name := range []string{"test.fuzz", "test.fuzzworker"} {
+		if f := flag.Lookup(name); f != nil && f.Value.String() != "" && f.Value.String() != "false" {
+			return true
+		}
+	}
+	return false
 }
 
 // StartManager starts mgr in the background and returns once its caches are synced. stop waits

@@ -27,6 +27,8 @@ const (
 	ReasonBadSignature Reason = "bad_signature"
 	// ReasonExpired: exp has passed, leeway included.
 	ReasonExpired Reason = "expired"
+	// ReasonLifetime: exp lies further ahead than the issuer's token lifetime allows.
+	ReasonLifetime Reason = "lifetime_exceeded"
 	// ReasonNotYetValid: nbf or iat lies in the future, leeway included.
 	ReasonNotYetValid Reason = "not_yet_valid"
 	// ReasonBadIssuer: iss differs from the expected issuer.
@@ -37,6 +39,9 @@ const (
 	ReasonWrongType Reason = "wrong_type"
 	// ReasonMissingClaim: a required claim is absent.
 	ReasonMissingClaim Reason = "missing_claim"
+	// ReasonBadClaim: a claim that becomes an identity header (sub, email, groups) holds a
+	// control character, which would split or corrupt the header.
+	ReasonBadClaim Reason = "bad_claim"
 )
 
 // Error is a refusal with its Reason. Its message never contains token contents (no claim or

@@ -737,6 +737,19 @@ func TestValidate(t *testing.T) {
 		{"one matching audience among several is enough", func(c *Claims) { c.Audience = []string{"x", testAudience} }, func(e *Expect) { e.Audiences = []string{"y", testAudience} }, ""},
 		{"no expected audiences means aud is not checked", func(c *Claims) { c.Audience = nil }, func(e *Expect) { e.Audiences = nil }, ""},
 		{"an expected type other than access or refresh refuses everything", nil, func(e *Expect) { e.Type = "id" }, ReasonWrongType},
+		{"a sub with CR LF is refused (it would inject an identity header)", func(c *Claims) { c.Subject = "alice\r\nX-Auth-Request-Groups: admin" }, nil, ReasonBadClaim},
+		{"a sub with a NUL is refused", func(c *Claims) { c.Subject = "alice\x00admin" }, nil, ReasonBadClaim},
+		{"an email with a newline is refused", func(c *Claims) { c.Email = "a@example.test\nX: y" }, nil, ReasonBadClaim},
+		{"a group with DEL is refused", func(c *Claims) { c.Groups = []string{"dev", "ad\x7fmin"} }, nil, ReasonBadClaim},
+		{"a sub with a tab is refused", func(c *Claims) { c.Subject = "al\tice" }, nil, ReasonBadClaim},
+		{"a sub with non-ASCII letters is valid", func(c *Claims) { c.Subject = "zoë" }, nil, ""},
+		{"an exp beyond MaxLifetime plus leeway is refused", func(c *Claims) { c.ExpiresAt = now.Add(5*time.Minute + 31*time.Second) },
+			func(e *Expect) { e.MaxLifetime = 5 * time.Minute }, ReasonLifetime},
+		{"an exp at MaxLifetime plus leeway is valid", func(c *Claims) { c.ExpiresAt = now.Add(5*time.Minute + 30*time.Second) },
+			func(e *Expect) { e.MaxLifetime = 5 * time.Minute }, ""},
+		{"an exp ten years ahead is valid without MaxLifetime", func(c *Claims) { c.ExpiresAt = now.AddDate(10, 0, 0) }, nil, ""},
+		{"an exp ten years ahead is refused with MaxLifetime", func(c *Claims) { c.ExpiresAt = now.AddDate(10, 0, 0) },
+			func(e *Expect) { e.MaxLifetime = time.Hour }, ReasonLifetime},
 		{"a zero Now means the current time", func(c *Claims) { c.ExpiresAt = time.Now().Add(-time.Hour) }, func(e *Expect) { e.Now = time.Time{} }, ReasonExpired},
 	}
 	for _, tt := range tests {
@@ -754,6 +767,18 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("reason = %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestKindOf(t *testing.T) {
+	for typ, want := range map[string]string{
+		"at+jwt": TokenTypeAccess, "AT+JWT": TokenTypeAccess, "application/at+jwt": TokenTypeAccess, "Application/At+Jwt": TokenTypeAccess,
+		"rt+jwt": TokenTypeRefresh, "application/RT+JWT": TokenTypeRefresh,
+		"": "", "JWT": "", "at+jwt ": "", "application/": "", "x/at+jwt": "", "id_token+jwt": "",
+	} {
+		if got := KindOf(typ); got != want {
+			t.Errorf("KindOf(%q) = %q, want %q", typ, got, want)
+		}
 	}
 }
 

@@ -20,6 +20,10 @@ type Expect struct {
 	Now time.Time
 	// Leeway absorbs clock skew on exp, nbf and iat. Negative counts as zero.
 	Leeway time.Duration
+	// MaxLifetime, when positive, is the longest lifetime the issuer gives this kind of token:
+	// exp may lie at most MaxLifetime (plus Leeway) after Now. A token that outlives anything
+	// its issuer mints was not minted by it as configured, and is refused.
+	MaxLifetime time.Duration
 }
 
 // TypeExternalAccess is an Expect.Type for access tokens of external (third-party) issuers,
@@ -31,8 +35,9 @@ const TypeExternalAccess = "external-access"
 
 // Validate checks a token's header typ and claims against e, after Verify: the kind of token
 // (header typ and token_type both, so that a refresh token is never accepted as an access
-// token and the reverse), iss, aud, exp (required), nbf and iat (not in the future), and the
-// presence of sub and jti.
+// token and the reverse), iss, aud, exp (required), nbf and iat (not in the future), the
+// presence of sub and jti, and that sub, email and groups hold no control character (the
+// validator sends them upstream as header values, where CR LF would inject headers).
 //
 // The header typ is compared as RFC 7515 4.1.9 and RFC 9068 4 describe: case-insensitively,
 // with or without the "application/" prefix.
@@ -78,6 +83,8 @@ func Validate(t *Token, e Expect) error {
 		return refuse(ReasonMissingClaim, "exp is missing")
 	case !now.Before(c.ExpiresAt.Add(leeway)):
 		return refuse(ReasonExpired, "exp has passed")
+	case e.MaxLifetime > 0 && c.ExpiresAt.After(now.Add(e.MaxLifetime+leeway)):
+		return refuse(ReasonLifetime, "exp lies further ahead than the issuer's token lifetime")
 	case !c.NotBefore.IsZero() && now.Add(leeway).Before(c.NotBefore):
 		return refuse(ReasonNotYetValid, "nbf is in the future")
 	case !c.IssuedAt.IsZero() && now.Add(leeway).Before(c.IssuedAt):
@@ -86,8 +93,34 @@ func Validate(t *Token, e Expect) error {
 		return refuse(ReasonMissingClaim, "sub is missing")
 	case c.ID == "" && e.Type != TypeExternalAccess:
 		return refuse(ReasonMissingClaim, "jti is missing")
+	case hasControl(c.Subject) || hasControl(c.Email) || slices.ContainsFunc(c.Groups, hasControl):
+		return refuse(ReasonBadClaim, "sub, email or groups holds a control character")
 	}
 	return nil
+}
+
+// hasControl reports whether s holds an ASCII control character (C0 or DEL). JSON escapes
+// let a signed claim carry any of them.
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+// KindOf returns the kind of token a header typ names, compared as Validate compares it
+// (case-insensitively, with or without "application/"): TokenTypeAccess for at+jwt,
+// TokenTypeRefresh for rt+jwt, "" for anything else.
+func KindOf(typ string) string {
+	switch {
+	case typeMatches(typ, TypeAccess):
+		return TokenTypeAccess
+	case typeMatches(typ, TypeRefresh):
+		return TokenTypeRefresh
+	}
+	return ""
 }
 
 // typeMatches compares a header typ with a media type without its "application/" prefix.

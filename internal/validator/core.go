@@ -186,7 +186,7 @@ func (c *Checker) verify(ctx context.Context, snap *snapshot, rule *compiledRule
 	if is.ext != nil {
 		typ = token.TypeExternalAccess
 	}
-	if err := token.Validate(t, token.Expect{Issuer: is.iss, Type: typ, Now: now, Leeway: is.leeway}); err != nil {
+	if err := token.Validate(t, token.Expect{Issuer: is.iss, Type: typ, Now: now, Leeway: is.leeway, MaxLifetime: is.maxLifetime}); err != nil {
 		return nil, tokenReason(err)
 	}
 	if c.store.isRevoked(is.namespace, t.Claims.SessionID) {

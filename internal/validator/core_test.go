@@ -87,6 +87,15 @@ func TestCheck(t *testing.T) {
 		{name: "a token expired within the issuer's leeway is allowed", req: get("/", func(f *fixture) string {
 			return f.token(func(c *token.Claims) { c.ExpiresAt = t0.Add(-20 * time.Second) })
 		}), wantStatus: 200, wantReason: ReasonAllowed},
+		{name: "a token living longer than the issuer's access-token lifetime (5m) is refused", req: get("/", func(f *fixture) string {
+			return f.token(func(c *token.Claims) { c.ExpiresAt = t0.Add(5*time.Minute + 31*time.Second) })
+		}), wantStatus: 401, wantReason: Reason(token.ReasonLifetime)},
+		{name: "a token whose exp is the lifetime plus the leeway away is allowed", req: get("/", func(f *fixture) string {
+			return f.token(func(c *token.Claims) { c.ExpiresAt = t0.Add(5*time.Minute + 30*time.Second) })
+		}), wantStatus: 200, wantReason: ReasonAllowed},
+		{name: "a sub with CR LF is refused (it would inject an identity header)", req: get("/", func(f *fixture) string {
+			return f.token(func(c *token.Claims) { c.Subject = "alice\r\nX-Auth-Request-Groups: admin" })
+		}), wantStatus: 401, wantReason: Reason(token.ReasonBadClaim)},
 		{name: "a token not valid yet is refused", req: get("/", func(f *fixture) string {
 			return f.token(func(c *token.Claims) { c.NotBefore = t0.Add(time.Hour) })
 		}), wantStatus: 401, wantReason: Reason(token.ReasonNotYetValid)},

@@ -1,10 +1,7 @@
 package validator
 
 import (
-	"encoding/json"
 	"net/http"
-	"net/http/httptest"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,51 +9,9 @@ import (
 
 	keywardv1 "github.com/keyward/keyward/api/v1alpha1"
 	"github.com/keyward/keyward/internal/keys"
+	"github.com/keyward/keyward/internal/testsupport"
 	"github.com/keyward/keyward/internal/token"
 )
-
-// oidcServer is a loopback OIDC issuer: discovery and a JWKS that tests change.
-type oidcServer struct {
-	*httptest.Server
-	mu        sync.Mutex
-	jwks      []byte
-	fail      bool
-	issuer    string // the discovery document's issuer; the server URL when empty
-	jwksCalls int
-}
-
-func newOIDCServer(t *testing.T) *oidcServer {
-	s := &oidcServer{}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if s.fail {
-			http.Error(w, "down", http.StatusInternalServerError)
-			return
-		}
-		switch r.URL.Path {
-		case "/.well-known/openid-configuration":
-			iss := s.issuer
-			if iss == "" {
-				iss = s.URL
-			}
-			_ = json.NewEncoder(w).Encode(map[string]string{"issuer": iss, "jwks_uri": s.URL + "/keys"})
-		case "/keys":
-			s.jwksCalls++
-			_, _ = w.Write(s.jwks)
-		default:
-			http.NotFound(w, r)
-		}
-	}))
-	t.Cleanup(s.Close)
-	return s
-}
-
-func (s *oidcServer) set(f func(s *oidcServer)) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	f(s)
-}
 
 // externalKey is an ES256 key of the external issuer.
 func externalKey(t *testing.T) (keys.StoredKey, *token.Signer) {
@@ -103,9 +58,9 @@ func waitFetched(t *testing.T, f *fixture) {
 }
 
 func TestExternalIssuer(t *testing.T) {
-	srv := newOIDCServer(t)
+	srv := testsupport.NewOIDCServer(t)
 	k1, s1 := externalKey(t)
-	srv.set(func(s *oidcServer) { s.jwks = (&keysSet{k1}).jwks(t) })
+	srv.Set(func(s *testsupport.OIDCState) { s.JWKS = (&keysSet{k1}).jwks(t) })
 	f := newFixture(t)
 	f.v.store.setPolicy(externalPolicy(srv.URL))
 	waitFetched(t, f)
@@ -135,7 +90,7 @@ func TestExternalIssuer(t *testing.T) {
 	// A new key: the unknown kid triggers a refetch (the last attempt is older than the
 	// minimum interval), then the token passes.
 	k2, s2 := externalKey(t)
-	srv.set(func(s *oidcServer) { s.jwks = (&keysSet{k1, k2}).jwks(t) })
+	srv.Set(func(s *testsupport.OIDCState) { s.JWKS = (&keysSet{k1, k2}).jwks(t) })
 	if d := check(s2, token.TypeAccess, nil); d.Allowed() {
 		t.Fatal("a new key was used before any refetch was allowed")
 	}
@@ -145,21 +100,21 @@ func TestExternalIssuer(t *testing.T) {
 	}
 	// Unknown kids do not refetch more often than the minimum interval.
 	var calls int
-	srv.set(func(s *oidcServer) { calls = s.jwksCalls })
+	srv.Set(func(s *testsupport.OIDCState) { calls = s.JWKSCalls })
 	_, s3 := externalKey(t)
 	for range 5 {
 		if d := check(s3, token.TypeAccess, nil); d.Allowed() {
 			t.Fatal("a token of an unpublished key is allowed")
 		}
 	}
-	srv.set(func(s *oidcServer) {
-		if s.jwksCalls > calls+1 {
-			t.Errorf("%d JWKS fetches for 5 unknown kids within the interval, want at most 1", s.jwksCalls-calls)
+	srv.Set(func(s *testsupport.OIDCState) {
+		if s.JWKSCalls > calls+1 {
+			t.Errorf("%d JWKS fetches for 5 unknown kids within the interval, want at most 1", s.JWKSCalls-calls)
 		}
 	})
 
 	// The issuer fails: the last known good keys still verify.
-	srv.set(func(s *oidcServer) { s.fail = true })
+	srv.Set(func(s *testsupport.OIDCState) { s.Fail = true })
 	f.clock.SetTime(f.clock.Now().Add(time.Minute))
 	for _, e := range f.v.store.externalIssuers() {
 		<-e.refresh(true)
@@ -172,17 +127,17 @@ func TestExternalIssuer(t *testing.T) {
 func TestExternalIssuerFailsClosed(t *testing.T) {
 	cases := []struct {
 		name  string
-		setup func(s *oidcServer)
+		setup func(s *testsupport.OIDCState)
 	}{
-		{"an issuer whose JWKS was never fetched verifies nothing", func(s *oidcServer) { s.fail = true }},
-		{"a discovery document naming another issuer is refused", func(s *oidcServer) { s.issuer = "https://evil.example" }},
-		{"a JWKS that is not strict JSON is refused", func(s *oidcServer) { s.jwks = []byte(`{"keys":[],"keys":[]}`) }},
+		{"an issuer whose JWKS was never fetched verifies nothing", func(s *testsupport.OIDCState) { s.Fail = true }},
+		{"a discovery document naming another issuer is refused", func(s *testsupport.OIDCState) { s.Issuer = "https://evil.example" }},
+		{"a JWKS that is not strict JSON is refused", func(s *testsupport.OIDCState) { s.JWKS = []byte(`{"keys":[],"keys":[]}`) }},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			srv := newOIDCServer(t)
+			srv := testsupport.NewOIDCServer(t)
 			k1, s1 := externalKey(t)
-			srv.set(func(s *oidcServer) { s.jwks = (&keysSet{k1}).jwks(t); c.setup(s) })
+			srv.Set(func(s *testsupport.OIDCState) { s.JWKS = (&keysSet{k1}).jwks(t); c.setup(s) })
 			f := newFixture(t)
 			f.v.store.setPolicy(externalPolicy(srv.URL))
 			waitFetched(t, f)

@@ -20,13 +20,16 @@ import (
 // issuer is a token issuer as the decision core sees it: the exact iss, the leeway and the
 // verification keys. It is immutable; a change builds a new one.
 type issuer struct {
-	id        string // namespace/name, or an external issuer ID
-	iss       string
-	leeway    time.Duration
-	namespace string // a TokenIssuer's namespace, where its Sessions live; empty for external
-	keySource string
-	keys      map[string]*token.VerifyKey // TokenIssuer: its SigningKey's keys by kid
-	ext       *externalIssuer
+	id     string // namespace/name, or an external issuer ID
+	iss    string
+	leeway time.Duration
+	// maxLifetime is a TokenIssuer's access-token lifetime: no token of it expires later
+	// than that from now (plus leeway). Zero for external issuers (not checked).
+	maxLifetime time.Duration
+	namespace   string // a TokenIssuer's namespace, where its Sessions live; empty for external
+	keySource   string
+	keys        map[string]*token.VerifyKey // TokenIssuer: its SigningKey's keys by kid
+	ext         *externalIssuer
 }
 
 // key returns the key with the kid, or nil.
@@ -47,6 +50,7 @@ type snapshot struct {
 type tokenIssuerSpec struct {
 	iss        string
 	leeway     time.Duration
+	lifetime   time.Duration
 	signingKey string // namespace/name
 }
 
@@ -131,7 +135,7 @@ func (s *store) rebuild() {
 			maps.Copy(merged, hs)
 			ks = merged
 		}
-		issuers[id] = &issuer{id: id, iss: ti.iss, leeway: ti.leeway, namespace: ns, keySource: ti.signingKey, keys: ks}
+		issuers[id] = &issuer{id: id, iss: ti.iss, leeway: ti.leeway, maxLifetime: ti.lifetime, namespace: ns, keySource: ti.signingKey, keys: ks}
 	}
 	// External issuers: keep those some policy refers to, create new ones.
 	wanted := map[string]*externalSpec{}
@@ -194,6 +198,7 @@ func (s *store) setTokenIssuer(ti *keywardv1.TokenIssuer) {
 	spec := tokenIssuerSpec{
 		iss:        ti.EffectiveIssuer(s.publicURL),
 		leeway:     ti.Spec.LeewayDuration(),
+		lifetime:   ti.Spec.AccessTokenLifetimeDuration(),
 		signingKey: ti.Namespace + "/" + ti.Spec.SigningKeyRef.Name,
 	}
 	s.mu.Lock()

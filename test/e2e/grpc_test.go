@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/keyward/keyward/internal/testsupport"
 )
 
 func grpcClient(t *testing.T, v *validatorProc) (authv3.AuthorizationClient, healthpb.HealthClient) {
@@ -23,16 +25,7 @@ func grpcClient(t *testing.T, v *validatorProc) (authv3.AuthorizationClient, hea
 }
 
 func checkRequest(method, host, path, tok string, extra map[string]string) *authv3.CheckRequest {
-	h := map[string]string{":authority": host, ":method": method, ":path": path}
-	if tok != "" {
-		h["authorization"] = "Bearer " + tok
-	}
-	for k, v := range extra {
-		h[k] = v
-	}
-	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{
-		Http: &authv3.AttributeContext_HttpRequest{Method: method, Host: host, Path: path, Headers: h, Protocol: "HTTP/1.1", Scheme: "https"},
-	}}}
+	return testsupport.CheckRequest(method, host, path, tok, extra)
 }
 
 // TestGRPC asks both validators the shared decision cases through the generated Envoy v3
