@@ -5,7 +5,10 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -76,7 +79,37 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
 		return nil, err
 	}
+	if err := mgr.AddReadyzCheck(CacheSyncedCheckName, CacheSyncedCheck(mgr.GetCache())); err != nil {
+		return nil, err
+	}
 	return mgr, nil
+}
+
+// CacheSyncedCheckName names the readiness check that fails until the manager's informer
+// cache has synced.
+const CacheSyncedCheckName = "informer-cache-synced"
+
+// cacheSyncProbeTimeout bounds how long one probe waits for the cache.
+const cacheSyncProbeTimeout = 100 * time.Millisecond
+
+// CacheSyncedCheck is a readiness check that fails until every informer of c has synced: a
+// replica whose caches are empty would answer from nothing (an issuer without its
+// TokenIssuers). Each probe waits at most 100ms; once synced, the check passes without
+// waiting (informers do not unsync).
+func CacheSyncedCheck(c cache.Cache) healthz.Checker {
+	var synced atomic.Bool
+	return func(req *http.Request) error {
+		if synced.Load() {
+			return nil
+		}
+		ctx, cancel := context.WithTimeout(req.Context(), cacheSyncProbeTimeout)
+		defer cancel()
+		if !c.WaitForCacheSync(ctx) {
+			return errors.New("informer caches have not synced yet")
+		}
+		synced.Store(true)
+		return nil
+	}
 }
 
 // CacheOptions restrict the Secret and ConfigMap caches to objects carrying keyward's label:

@@ -479,3 +479,45 @@ func TestSecretsAreCachedOnlyWithAllowHSKeys(t *testing.T) {
 		}
 	}
 }
+
+// A validator that is starting does not listen until its state is synced: a proxy in front
+// of several replicas gets a refused connection, which it retries elsewhere (nginx
+// proxy_next_upstream error), rather than a deny from an empty state.
+func TestServersListenOnlyOnceSynced(t *testing.T) {
+	f := newFixture(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	synced := make(chan struct{})
+	addrs := make(chan string, 2)
+	hs := &httpServer{addr: "127.0.0.1:0", handler: &httpHandler{checker: f.v.Checker, trusted: DefaultTrustedProxies, log: logr.Discard()},
+		log: logr.Discard(), ready: func(a net.Addr) { addrs <- a.String() }, waitFor: synced}
+	gs := &grpcServer{addr: "127.0.0.1:0", checker: f.v.Checker, log: logr.Discard(), ready: func(a net.Addr) { addrs <- a.String() }, waitFor: synced}
+	done := make(chan error, 2)
+	go func() { done <- hs.Start(ctx) }()
+	go func() { done <- gs.Start(ctx) }()
+	select {
+	case a := <-addrs:
+		t.Fatalf("a server listens on %s before the state synced", a)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(synced)
+	for range 2 {
+		select {
+		case <-addrs:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the servers did not listen once the state synced")
+		}
+	}
+	cancel()
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Errorf("server stopped with %v", err)
+		}
+	}
+	// A server still waiting returns without error when its context ends.
+	ctx2, cancel2 := context.WithCancel(t.Context())
+	cancel2()
+	if err := (&httpServer{addr: "127.0.0.1:0", waitFor: make(chan struct{})}).Start(ctx2); err != nil {
+		t.Errorf("a waiting server stopped with %v", err)
+	}
+}

@@ -276,6 +276,8 @@ type httpServer struct {
 	log     logr.Logger
 	// ready, if set, receives the bound address once listening (tests bind ":0").
 	ready func(net.Addr)
+	// waitFor, if set, delays listening until it is closed (the validator's state synced).
+	waitFor <-chan struct{}
 }
 
 func (s *httpServer) NeedLeaderElection() bool { return false }
@@ -306,6 +308,9 @@ func newFastHTTPServer(h *httpHandler, log logr.Logger) *fasthttp.Server {
 }
 
 func (s *httpServer) Start(ctx context.Context) error {
+	if !waitSynced(ctx, s.waitFor) {
+		return nil
+	}
 	srv := newFastHTTPServer(s.handler, s.log)
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {
