@@ -72,8 +72,12 @@ control-plane: ## Build (once, cached) kube-apiserver, kubectl and etcd; prints 
 	hack/control-plane.sh bin
 
 .PHONY: test
-test: ## Run all tests against a real kube-apiserver + etcd (envtest).
-	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh bin)" go test $(GO_TEST_FLAGS) ./...
+test: ## Run all tests against a real kube-apiserver + etcd (envtest), except the failure tests.
+	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh bin)" go test $(GO_TEST_FLAGS) $$(go list ./... | grep -v /test/resilience)
+
+.PHONY: test-resilience
+test-resilience: ## Run the failure tests (test/resilience: processes, restarts, load; about 10 minutes).
+	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh bin)" go test -count=1 -timeout 20m -v ./test/resilience/
 
 .PHONY: bench
 bench: ## Run the Go benchmarks.
