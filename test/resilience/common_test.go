@@ -267,11 +267,16 @@ var authzClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transp
 // check asks a validator (Envoy HTTP style: /authz + the original path, Host) about a
 // request to appHost carrying tok. It returns the status.
 func check(ctx context.Context, addr, tok string) (int, error) {
+	return checkHost(ctx, addr, appHost, tok)
+}
+
+// checkHost is check for another host.
+func checkHost(ctx context.Context, addr, host, tok string) (int, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/authz/api/items", nil)
 	if err != nil {
 		return 0, err
 	}
-	req.Host = appHost
+	req.Host = host
 	if tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}

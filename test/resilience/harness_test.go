@@ -260,10 +260,11 @@ func (cp *controlPlane) up() error {
 	return cp.waitReady(90 * time.Second)
 }
 
-// down stops kube-apiserver, then etcd.
+// down stops kube-apiserver, then etcd: SIGTERM, and SIGKILL after 5 s (kube-apiserver's
+// graceful shutdown waits for long-running requests).
 func (cp *controlPlane) down() {
-	cp.api.stop()
-	cp.etcd.stop()
+	cp.api.signal(syscall.SIGTERM, 5*time.Second)
+	cp.etcd.signal(syscall.SIGTERM, 5*time.Second)
 }
 
 var insecureClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{

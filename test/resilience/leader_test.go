@@ -55,12 +55,17 @@ func TestControllerLeaderKilled(t *testing.T) {
 		return nil
 	})
 	start := time.Now()
-	for i, name := range names {
-		if i > 0 {
+	created := make(chan error, 1)
+	go func() {
+		for i, name := range names {
 			time.Sleep(time.Until(start.Add(time.Duration(i) * stagger)))
+			if err := k8s.Create(t.Context(), signingKeyObject(ns, issuerSpec{name: name, every: every, prepublish: 5 * time.Second})); err != nil {
+				created <- err
+				return
+			}
 		}
-		createSigningKey(t, ns, issuerSpec{name: name, every: every, prepublish: 5 * time.Second})
-	}
+		created <- nil
+	}()
 	watch := watchKeys(t, ns, names...)
 
 	var takeovers []time.Duration
@@ -85,6 +90,9 @@ func TestControllerLeaderKilled(t *testing.T) {
 		took := time.Since(killed)
 		takeovers = append(takeovers, took)
 		t.Logf("kill %d: %s killed at +%s, %s took over after %s", k+1, old.name, killed.Sub(start).Round(time.Second), next.name, took.Round(time.Millisecond))
+	}
+	if err := <-created; err != nil {
+		t.Fatalf("cannot create a SigningKey: %v", err)
 	}
 	maxTakeover := takeovers[0]
 	for _, d := range takeovers {
