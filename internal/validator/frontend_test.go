@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"cmp"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -357,6 +358,26 @@ func TestHTTPServer(t *testing.T) {
 		_ = resp.Body.Close()
 		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 			t.Errorf("status %d, want 431", resp.StatusCode)
+		}
+	})
+	t.Run("bodies beyond the cap are refused with 413", func(t *testing.T) {
+		// Regression: fasthttp's default error handler answered 400.
+		for _, n := range []int{httpMaxBodyBytes + 1, 2 * httpMaxBodyBytes} {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw := fmt.Sprintf("POST /authz/api/items HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n%s", testHost, n, strings.Repeat("a", n))
+			go func() { _, _ = io.WriteString(c, raw) }()
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = resp.Body.Close()
+			_ = c.Close()
+			if resp.StatusCode != http.StatusRequestEntityTooLarge {
+				t.Errorf("a %d-byte body: status %d, want 413", n, resp.StatusCode)
+			}
 		}
 	})
 	t.Run("a header just under the cap is served", func(t *testing.T) {

@@ -302,8 +302,27 @@ func newFastHTTPServer(h *httpHandler, log logr.Logger) *fasthttp.Server {
 		DisableHeaderNamesNormalizing: false,
 		// fasthttp's error messages may quote the request (tokens included).
 		SecureErrorLogMessage: true,
+		ErrorHandler:          readError,
 		CloseOnShutdown:       true,
 		Logger:                fasthttpLogger{log.V(1)},
+	}
+}
+
+// readError answers a request fasthttp could not read: 413 for a body over the cap (which
+// fasthttp's default handler answers with 400), 431 for a header over it, 408 for a read
+// timeout, 400 otherwise. The connection is closed after it.
+func readError(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
+	var netErr net.Error
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		ctx.Error("Request Entity Too Large", http.StatusRequestEntityTooLarge)
+	case errors.As(err, &small):
+		ctx.Error("Request Header Fields Too Large", http.StatusRequestHeaderFieldsTooLarge)
+	case errors.As(err, &netErr) && netErr.Timeout():
+		ctx.Error("Request Timeout", http.StatusRequestTimeout)
+	default:
+		ctx.Error("Bad Request", http.StatusBadRequest)
 	}
 }
 
