@@ -77,7 +77,7 @@ test: ## Run all tests against a real kube-apiserver + etcd (envtest), except th
 
 .PHONY: test-resilience
 test-resilience: ## Run the failure tests (test/resilience: processes, restarts, load; about 10 minutes).
-	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh bin)" go test -count=1 -timeout 20m -v ./test/resilience/
+	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh bin)" go test $(GO_TEST_FLAGS) -timeout 20m -v ./test/resilience/
 
 .PHONY: bench
 bench: ## Run the Go benchmarks.
