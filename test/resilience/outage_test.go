@@ -3,6 +3,8 @@ package resilience
 import (
 	"context"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -133,8 +135,26 @@ func TestAPIServerOutage(t *testing.T) {
 	if va.status != http.StatusOK {
 		t.Errorf("verify of an access token while the API is down: %s, want 200", va)
 	}
-	t.Logf("while the API is down: login %d in %s, refresh %d in %s, verify %d",
-		la.status, loginTook.Round(time.Millisecond), ra.status, refreshTook.Round(time.Millisecond), va.status)
+	// The OAuth2 password grant needs a Session too: RFC 6749's temporarily_unavailable.
+	pa := post(t.Context(), apiClient, base+"oauth2/token", "application/x-www-form-urlencoded",
+		url.Values{"grant_type": {"password"}, "username": {userName}, "password": {userPassword}}.Encode())
+	if pa.err != nil || pa.status != http.StatusServiceUnavailable || !strings.Contains(string(pa.body), `"error":"temporarily_unavailable"`) {
+		t.Errorf("password grant while the API is down: %s, want 503 temporarily_unavailable", pa)
+	}
+	// Whether a refresh token is still usable is in its Session: verify cannot say.
+	vr := post(t.Context(), apiClient, base+"api/token/verify/", "application/json", `{"token":"`+session.refresh+`"}`)
+	if vr.err != nil || vr.status != http.StatusServiceUnavailable || string(vr.body) != bodyUnavailable {
+		t.Errorf("verify of a refresh token while the API is down: %s, want 503 %s", vr, bodyUnavailable)
+	}
+	// Discovery and the JWKS come from the cache.
+	jwReq, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, base+".well-known/jwks.json", nil)
+	if resp, err := apiClient.Do(jwReq); err != nil {
+		t.Errorf("JWKS while the API is down: %v", err)
+	} else if _, _ = readAll(resp); resp.StatusCode != http.StatusOK {
+		t.Errorf("JWKS while the API is down: %d", resp.StatusCode)
+	}
+	t.Logf("while the API is down: login %d in %s, refresh %d in %s, password grant %d, verify (access) %d, verify (refresh) %d",
+		la.status, loginTook.Round(time.Millisecond), ra.status, refreshTook.Round(time.Millisecond), pa.status, va.status, vr.status)
 	if st, err := check(t.Context(), val.httpAddr, session.access); err != nil || st != http.StatusOK {
 		t.Errorf("the session's access token at the validator while the API is down: %d %v", st, err)
 	}
