@@ -225,8 +225,8 @@ func pairOf(a answer) (pair, answer) {
 	return pair{out.Access, out.Refresh}, a
 }
 
-// jwtParts decodes a compact JWS's header and claims (not verified: the test minted or
-// received it).
+// jwtInfo is what the tests read from a compact JWS's header and claims (not verified: the
+// test minted or received it).
 type jwtInfo struct {
 	KID string
 	JTI string
@@ -638,20 +638,25 @@ func (w *keyWatch) signer(kid string) *token.Signer {
 // as only the issuer could: the test kept the private key from the key-set Secret.
 func (w *keyWatch) forge(t *testing.T, ns, name, kid string) string {
 	t.Helper()
-	s := w.signer(kid)
-	if s == nil {
-		t.Fatalf("no private key seen for kid %s", kid)
-	}
-	now := time.Now()
-	raw, err := s.Sign(token.TypeAccess, &token.Claims{
-		Issuer: publicURL + "/" + ns + "/" + name, Subject: clientID, Audience: []string{"api"},
-		ExpiresAt: now.Add(time.Minute), IssuedAt: now, ID: fmt.Sprintf("forged-%d", now.UnixNano()),
-		ClientID: clientID, Scope: "read", TokenType: token.TokenTypeAccess,
-	})
+	raw, err := w.tryForge(ns, name, kid)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return raw
+}
+
+// tryForge is forge for goroutines other than the test's.
+func (w *keyWatch) tryForge(ns, name, kid string) (string, error) {
+	s := w.signer(kid)
+	if s == nil {
+		return "", fmt.Errorf("no private key seen for kid %s", kid)
+	}
+	now := time.Now()
+	return s.Sign(token.TypeAccess, &token.Claims{
+		Issuer: publicURL + "/" + ns + "/" + name, Subject: clientID, Audience: []string{"api"},
+		ExpiresAt: now.Add(time.Minute), IssuedAt: now, ID: fmt.Sprintf("forged-%d", now.UnixNano()),
+		ClientID: clientID, Scope: "read", TokenType: token.TokenTypeAccess,
+	})
 }
 
 // signingKey reads a SigningKey.
