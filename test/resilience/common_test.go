@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
@@ -46,7 +47,6 @@ type issuerSpec struct {
 	prepublish time.Duration // rotation.prepublish; 10m when zero
 	access     time.Duration // accessTokenLifetime; 5m when zero
 	refresh    time.Duration // refreshTokenLifetime; 24h when zero
-	noIssuer   bool          // a SigningKey without TokenIssuer
 }
 
 // createNamespace creates a namespace with the users and clients Secrets.
@@ -174,7 +174,8 @@ func post(ctx context.Context, c *http.Client, u, contentType, body string, basi
 	if err != nil {
 		return answer{err: err}
 	}
-	b, err := readAll(resp)
+	defer func() { _ = resp.Body.Close() }()
+	b, err := io.ReadAll(resp.Body)
 	return answer{status: resp.StatusCode, body: b, err: err}
 }
 
@@ -284,7 +285,8 @@ func checkHost(ctx context.Context, addr, host, tok string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	_, err = readAll(resp)
+	defer func() { _ = resp.Body.Close() }()
+	_, err = io.ReadAll(resp.Body)
 	return resp.StatusCode, err
 }
 
@@ -464,12 +466,6 @@ func (s *loadStats) record(status int, err error, detail string) {
 	if status != http.StatusOK && len(s.refusals) < 20 {
 		s.refusals = append(s.refusals, fmt.Sprintf("%s: %d %s", time.Now().Format("15:04:05.000"), status, detail))
 	}
-}
-
-func (s *loadStats) count(status int) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.byStatus[status]
 }
 
 // notOK is every answer but a 200, transport errors included.

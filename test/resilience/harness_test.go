@@ -17,7 +17,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -268,7 +267,7 @@ func (cp *controlPlane) down() {
 }
 
 var insecureClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
-	TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // the test API server's self-signed certificate
+	TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, // the test API server's self-signed certificate
 }}
 
 // ready reports whether /readyz answers 200.
@@ -322,7 +321,7 @@ func buildKeyward(dir string) (string, error) {
 // kwProc is a keyward role process on 127.0.0.1 ports.
 type kwProc struct {
 	*proc
-	role                                     string
+	role                                       string
 	httpAddr, grpcAddr, probeAddr, metricsAddr string
 }
 
@@ -457,16 +456,9 @@ func eventually(t *testing.T, timeout time.Duration, what string, f func() error
 	}
 }
 
-// readAll reads a response and closes its body.
-func readAll(resp *http.Response) ([]byte, error) {
-	defer func() { _ = resp.Body.Close() }()
-	return io.ReadAll(resp.Body)
-}
-
 // withTimeout is a context for one API call.
 func withTimeout(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	t.Cleanup(cancel)
 	return ctx
 }
-

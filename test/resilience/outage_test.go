@@ -2,6 +2,7 @@ package resilience
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -148,9 +149,13 @@ func TestAPIServerOutage(t *testing.T) {
 	}
 	// Discovery and the JWKS come from the cache.
 	jwReq, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, base+".well-known/jwks.json", nil)
-	if resp, err := apiClient.Do(jwReq); err != nil {
-		t.Errorf("JWKS while the API is down: %v", err)
-	} else if _, _ = readAll(resp); resp.StatusCode != http.StatusOK {
+	resp, err := apiClient.Do(jwReq)
+	if err != nil {
+		t.Fatalf("JWKS while the API is down: %v", err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
 		t.Errorf("JWKS while the API is down: %d", resp.StatusCode)
 	}
 	t.Logf("while the API is down: login %d in %s, refresh %d in %s, password grant %d, verify (access) %d, verify (refresh) %d",

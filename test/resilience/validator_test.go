@@ -3,6 +3,7 @@ package resilience
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -121,7 +122,8 @@ func viaNginx(ctx context.Context, addr, tok string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	_, err = readAll(resp)
+	defer func() { _ = resp.Body.Close() }()
+	_, err = io.ReadAll(resp.Body)
 	return resp.StatusCode, err
 }
 
