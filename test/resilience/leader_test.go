@@ -98,8 +98,22 @@ func TestControllerLeaderKilled(t *testing.T) {
 	for _, d := range takeovers {
 		maxTakeover = max(maxTakeover, d)
 	}
-	// Let every SigningKey rotate once more after the last takeover.
-	time.Sleep(every + 10*time.Second)
+	// Let every SigningKey rotate at least twice (three keys activated); the last takeover may
+	// have delayed a SigningKey's first key, and so its schedule.
+	eventually(t, 2*every+maxTakeover+10*time.Second, "every SigningKey has rotated twice", func() error {
+		for _, name := range names {
+			activated := 0
+			for _, k := range signingKey(t, ns, name).Status.Keys {
+				if k.ActivatedAt != nil {
+					activated++
+				}
+			}
+			if activated < 3 {
+				return fmt.Errorf("%s: %d keys activated", name, activated)
+			}
+		}
+		return nil
+	})
 	watch.stop()
 
 	if len(watch.violations) > 0 {
