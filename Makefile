@@ -84,8 +84,12 @@ control-plane: ## Build (once, cached) kube-apiserver, kubectl and etcd; prints 
 	hack/control-plane.sh bin
 
 .PHONY: test
-test: $(HELM) ## Run all tests against a real kube-apiserver + etcd (envtest); the chart tests use the pinned helm.
-	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh bin)" HELM="$(HELM)" go test $(GO_TEST_FLAGS) ./...
+test: $(HELM) ## Run all tests against a real kube-apiserver + etcd (envtest), except the failure tests; the chart tests use the pinned helm.
+	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh bin)" HELM="$(HELM)" go test $(GO_TEST_FLAGS) $$(go list ./... | grep -v /test/resilience)
+
+.PHONY: test-resilience
+test-resilience: ## Run the failure tests (test/resilience: processes, restarts, load; about 10 minutes).
+	KUBEBUILDER_ASSETS="$$(hack/control-plane.sh bin)" go test $(GO_TEST_FLAGS) -timeout 20m -v ./test/resilience/
 
 # Fuzz targets, as package:Target. `go test -fuzz` takes one target per run.
 FUZZ_TARGETS := \

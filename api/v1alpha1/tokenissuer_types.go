@@ -134,7 +134,9 @@ type RefreshTokenRotation struct {
 
 // LoginThrottling limits failed logins.
 type LoginThrottling struct {
-	// perUsername limits failed logins for one username, known or not.
+	// perUsername limits failed logins for one username, known or not. Once it is spent, an
+	// address that has not failed for that username lately still gets one attempt (then one
+	// per 1/perMinute), so that someone guessing a password cannot lock its owner out.
 	// +optional
 	// +kubebuilder:default={burst: 5, perMinute: 5}
 	PerUsername LoginRateLimit `json:"perUsername,omitzero"`

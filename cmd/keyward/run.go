@@ -30,11 +30,23 @@ var roles = map[string]role{
 	"all":        {name: "all", controllers: true, issuer: true, validator: true},
 }
 
+// restConfig loads the kubeconfig named by --kubeconfig, or else as controller-runtime does
+// (in-cluster, $KUBECONFIG, ~/.kube/config). Either way client-side rate limiting is off, as
+// controller-runtime's loader turns it off (the API server's priority and fairness applies):
+// client-go's default of 5 requests/s would cap an issuer at 5 logins and refreshes a second,
+// each of which writes a Session.
 func restConfig(o *options) (*rest.Config, error) {
-	if o.kubeconfig != "" {
-		return clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	if o.kubeconfig == "" {
+		return ctrl.GetConfig()
 	}
-	return ctrl.GetConfig()
+	cfg, err := clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.QPS == 0 {
+		cfg.QPS = -1
+	}
+	return cfg, nil
 }
 
 // run starts one manager with the role's parts: the controllers and the admission webhook,

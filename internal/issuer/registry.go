@@ -76,6 +76,18 @@ func (r *Registry) set(cfg *issuerConfig) {
 	}
 }
 
+// missing returns the first of keys the registry holds no snapshot of.
+func (r *Registry) missing(keys []types.NamespacedName) (types.NamespacedName, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for _, k := range keys {
+		if _, ok := r.issuers[k]; !ok {
+			return k, true
+		}
+	}
+	return types.NamespacedName{}, false
+}
+
 func (r *Registry) delete(key types.NamespacedName) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -17,6 +17,8 @@ import (
 
 // Server is the issuer's HTTP server, a manager runnable that serves on every replica.
 type Server struct {
+	// ready reports whether every TokenIssuer has a snapshot; the server listens only then.
+	ready    func(context.Context) error
 	registry *Registry
 	sessions *sessionStore
 	hashSem  chan struct{}
@@ -32,6 +34,15 @@ func (s *Server) NeedLeaderElection() bool { return false }
 
 // Start serves until ctx is cancelled, then shuts down gracefully.
 func (s *Server) Start(ctx context.Context) error {
+	// A replica that is starting does not answer until it knows every TokenIssuer: a load
+	// balancer sees a refused connection (or a failing /readyz) instead of 404s.
+	for s.ready != nil && s.ready(ctx) != nil {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 	ln := s.listener
 	if ln == nil {
 		var err error

@@ -14,7 +14,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -89,7 +91,12 @@ func setup(ctx context.Context, mgr ctrl.Manager, o Options) (*Server, error) {
 	if err := watchRevoked(ctx, mgr, reg.revoked, o.Namespaces); err != nil {
 		return nil, err
 	}
+	rd := &readiness{cache: mgr.GetCache(), registry: reg}
+	if err := mgr.AddReadyzCheck(RegistryReadyCheckName, rd.check); err != nil {
+		return nil, fmt.Errorf("cannot add issuer readiness check: %w", err)
+	}
 	srv := &Server{
+		ready:    rd.ready,
 		registry: reg,
 		sessions: &sessionStore{
 			client:   mgr.GetClient(),
@@ -175,3 +182,44 @@ func watchRevoked(ctx context.Context, mgr ctrl.Manager, set *revokedSet, namesp
 	}
 	return mgr.Add(revokedCache{c})
 }
+
+// RegistryReadyCheckName names the issuer's readiness check: it fails until every TokenIssuer
+// in the cache has a snapshot in the registry.
+const RegistryReadyCheckName = "issuer-registry"
+
+// readiness says whether the issuer can answer for every TokenIssuer: the manager's cache has
+// synced and the observer has built a snapshot (ready to issue or not) of every TokenIssuer it
+// holds. Before that a request for an existing TokenIssuer would get a 404. Once true it
+// stays true (TokenIssuers created later are served as soon as the observer sees them, like
+// any change).
+type readiness struct {
+	cache    cache.Cache
+	registry *Registry
+	done     atomic.Bool
+}
+
+func (r *readiness) ready(ctx context.Context) error {
+	if r.done.Load() {
+		return nil
+	}
+	syncCtx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if !r.cache.WaitForCacheSync(syncCtx) {
+		return errors.New("informer caches have not synced yet")
+	}
+	var list keywardv1.TokenIssuerList
+	if err := r.cache.List(ctx, &list); err != nil {
+		return fmt.Errorf("cannot list TokenIssuers: %w", err)
+	}
+	keys := make([]types.NamespacedName, len(list.Items))
+	for i := range list.Items {
+		keys[i] = client.ObjectKeyFromObject(&list.Items[i])
+	}
+	if k, missing := r.registry.missing(keys); missing {
+		return fmt.Errorf("TokenIssuer %s not observed yet", k)
+	}
+	r.done.Store(true)
+	return nil
+}
+
+func (r *readiness) check(req *http.Request) error { return r.ready(req.Context()) }

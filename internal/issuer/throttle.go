@@ -66,13 +66,26 @@ func (b *buckets) sweep(now time.Time) {
 }
 
 // throttler limits failed logins per username and per client address.
+//
+// The username bucket alone would let anyone lock a user out by failing logins in their
+// name. So once a username's bucket is empty, an address that has not failed for that
+// username lately (its pair bucket, one failure refilled at the username's rate, is full)
+// still gets an attempt: the real user, logging in from elsewhere, is not locked out by an
+// attacker guessing their password, while the attacker's address stays throttled. A
+// distributed guesser gets the username's burst once, then perUsername.perMinute per minute
+// per address, each address also bounded by its own bucket across usernames.
 type throttler struct {
-	user, addr buckets
+	user, pair, addr buckets
 }
+
+// pairSpec is the bucket of one (username, address) pair: one failure, refilled at the
+// username's rate.
+func pairSpec(user rateSpec) rateSpec { return rateSpec{burst: 1, perMinute: user.perMinute} }
 
 func newThrottler(user, addr rateSpec) *throttler {
 	return &throttler{
 		user: buckets{spec: user, m: make(map[string]*rate.Limiter)},
+		pair: buckets{spec: pairSpec(user), m: make(map[string]*rate.Limiter)},
 		addr: buckets{spec: addr, m: make(map[string]*rate.Limiter)},
 	}
 }
@@ -82,7 +95,7 @@ func (t *throttler) setLimits(user, addr rateSpec) {
 	for _, x := range []struct {
 		b *buckets
 		s rateSpec
-	}{{&t.user, user}, {&t.addr, addr}} {
+	}{{&t.user, user}, {&t.pair, pairSpec(user)}, {&t.addr, addr}} {
 		x.b.mu.Lock()
 		if x.b.spec != x.s {
 			x.b.spec = x.s
@@ -94,30 +107,43 @@ func (t *throttler) setLimits(user, addr rateSpec) {
 
 // attempt is a login attempt that passed the throttle; call succeeded to refund its tokens.
 type attempt struct {
-	user, addr *rate.Reservation
-	now        time.Time
+	user, pair, addr *rate.Reservation
+	now              time.Time
 }
 
 // succeeded refunds the attempt's tokens: only failures count against the limits.
 func (a *attempt) succeeded() {
-	a.user.CancelAt(a.now)
-	a.addr.CancelAt(a.now)
+	for _, r := range []*rate.Reservation{a.user, a.pair, a.addr} {
+		if r != nil {
+			r.CancelAt(a.now)
+		}
+	}
 }
 
-// admit takes a failure token from the username's and the address's buckets before any
-// hash is computed. When either is empty it returns ok=false, the seconds to wait (for
-// Retry-After) and which limit applied.
+// pairKey is the bucket key of a username at an address; NUL cannot occur in either.
+func pairKey(username, addr string) string { return username + "\x00" + addr }
+
+// admit takes a failure token from the username's (or, once that is empty, the username and
+// address pair's) and the address's buckets before any hash is computed. When they are empty
+// it returns ok=false, the seconds to wait (for Retry-After) and which limit applied.
 func (t *throttler) admit(username, addr string, now time.Time) (a *attempt, retryAfter int, which string) {
-	ur, ud := t.user.reserve(username, now)
-	if ur == nil {
-		return nil, seconds(ud), "throttled_username"
+	ur, _ := t.user.reserve(username, now)
+	// The pair records this address's failures for the username. While the username's bucket
+	// has tokens it is taken when available and not required.
+	pr, pd := t.pair.reserve(pairKey(username, addr), now)
+	if ur == nil && pr == nil {
+		return nil, seconds(pd), "throttled_username"
 	}
 	ar, ad := t.addr.reserve(addr, now)
 	if ar == nil {
-		ur.CancelAt(now)
+		for _, r := range []*rate.Reservation{ur, pr} {
+			if r != nil {
+				r.CancelAt(now)
+			}
+		}
 		return nil, seconds(ad), "throttled_address"
 	}
-	return &attempt{user: ur, addr: ar, now: now}, 0, ""
+	return &attempt{user: ur, pair: pr, addr: ar, now: now}, 0, ""
 }
 
 func seconds(d time.Duration) int {

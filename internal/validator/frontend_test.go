@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"cmp"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -359,6 +360,26 @@ func TestHTTPServer(t *testing.T) {
 			t.Errorf("status %d, want 431", resp.StatusCode)
 		}
 	})
+	t.Run("bodies beyond the cap are refused with 413", func(t *testing.T) {
+		// Regression: fasthttp's default error handler answered 400.
+		for _, n := range []int{httpMaxBodyBytes + 1, 2 * httpMaxBodyBytes} {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw := fmt.Sprintf("POST /authz/api/items HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n%s", testHost, n, strings.Repeat("a", n))
+			go func() { _, _ = io.WriteString(c, raw) }()
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = resp.Body.Close()
+			_ = c.Close()
+			if resp.StatusCode != http.StatusRequestEntityTooLarge {
+				t.Errorf("a %d-byte body: status %d, want 413", n, resp.StatusCode)
+			}
+		}
+	})
 	t.Run("a header just under the cap is served", func(t *testing.T) {
 		status, _ := exchange(t, rawRequest("GET", "/authz/api/items", testHost, append([][2]string{{"Cookie", strings.Repeat("a", 60<<10)}}, auth...)))
 		if status != "200 OK" {
@@ -477,5 +498,47 @@ func TestSecretsAreCachedOnlyWithAllowHSKeys(t *testing.T) {
 		if secrets != allow {
 			t.Errorf("AllowHSKeys=%v: Secret cache configured = %v", allow, secrets)
 		}
+	}
+}
+
+// A validator that is starting does not listen until its state is synced: a proxy in front
+// of several replicas gets a refused connection, which it retries elsewhere (nginx
+// proxy_next_upstream error), rather than a deny from an empty state.
+func TestServersListenOnlyOnceSynced(t *testing.T) {
+	f := newFixture(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	synced := make(chan struct{})
+	addrs := make(chan string, 2)
+	hs := &httpServer{addr: "127.0.0.1:0", handler: &httpHandler{checker: f.v.Checker, trusted: DefaultTrustedProxies, log: logr.Discard()},
+		log: logr.Discard(), ready: func(a net.Addr) { addrs <- a.String() }, waitFor: synced}
+	gs := &grpcServer{addr: "127.0.0.1:0", checker: f.v.Checker, log: logr.Discard(), ready: func(a net.Addr) { addrs <- a.String() }, waitFor: synced}
+	done := make(chan error, 2)
+	go func() { done <- hs.Start(ctx) }()
+	go func() { done <- gs.Start(ctx) }()
+	select {
+	case a := <-addrs:
+		t.Fatalf("a server listens on %s before the state synced", a)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(synced)
+	for range 2 {
+		select {
+		case <-addrs:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the servers did not listen once the state synced")
+		}
+	}
+	cancel()
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Errorf("server stopped with %v", err)
+		}
+	}
+	// A server still waiting returns without error when its context ends.
+	ctx2, cancel2 := context.WithCancel(t.Context())
+	cancel2()
+	if err := (&httpServer{addr: "127.0.0.1:0", waitFor: make(chan struct{})}).Start(ctx2); err != nil {
+		t.Errorf("a waiting server stopped with %v", err)
 	}
 }

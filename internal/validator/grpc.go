@@ -164,11 +164,16 @@ type grpcServer struct {
 	ready   func(net.Addr)
 	// wrap, if set, wraps the listener (TLS).
 	wrap func(net.Listener) net.Listener
+	// waitFor, if set, delays listening until it is closed (the validator's state synced).
+	waitFor <-chan struct{}
 }
 
 func (s *grpcServer) NeedLeaderElection() bool { return false }
 
 func (s *grpcServer) Start(ctx context.Context) error {
+	if !waitSynced(ctx, s.waitFor) {
+		return nil
+	}
 	srv := grpc.NewServer(
 		// CheckRequests are decoded straight from the wire (checkRequest), answers are
 		// encoded by hand or once (encodedMessage); the health service keeps protobuf.

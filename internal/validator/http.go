@@ -278,6 +278,8 @@ type httpServer struct {
 	ready func(net.Addr)
 	// wrap, if set, wraps the listener (TLS).
 	wrap func(net.Listener) net.Listener
+	// waitFor, if set, delays listening until it is closed (the validator's state synced).
+	waitFor <-chan struct{}
 }
 
 func (s *httpServer) NeedLeaderElection() bool { return false }
@@ -302,12 +304,34 @@ func newFastHTTPServer(h *httpHandler, log logr.Logger) *fasthttp.Server {
 		DisableHeaderNamesNormalizing: false,
 		// fasthttp's error messages may quote the request (tokens included).
 		SecureErrorLogMessage: true,
+		ErrorHandler:          readError,
 		CloseOnShutdown:       true,
 		Logger:                fasthttpLogger{log.V(1)},
 	}
 }
 
+// readError answers a request fasthttp could not read: 413 for a body over the cap (which
+// fasthttp's default handler answers with 400), 431 for a header over it, 408 for a read
+// timeout, 400 otherwise. The connection is closed after it.
+func readError(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
+	var netErr net.Error
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		ctx.Error("Request Entity Too Large", http.StatusRequestEntityTooLarge)
+	case errors.As(err, &small):
+		ctx.Error("Request Header Fields Too Large", http.StatusRequestHeaderFieldsTooLarge)
+	case errors.As(err, &netErr) && netErr.Timeout():
+		ctx.Error("Request Timeout", http.StatusRequestTimeout)
+	default:
+		ctx.Error("Bad Request", http.StatusBadRequest)
+	}
+}
+
 func (s *httpServer) Start(ctx context.Context) error {
+	if !waitSynced(ctx, s.waitFor) {
+		return nil
+	}
 	srv := newFastHTTPServer(s.handler, s.log)
 	ln, err := net.Listen("tcp", s.addr)
 	if err != nil {

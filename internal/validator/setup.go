@@ -104,7 +104,9 @@ type Validator struct {
 	*Checker
 	store *store
 	ready atomic.Bool
-	opts  Options
+	// synced is closed when ready becomes true: the servers listen only from then on.
+	synced chan struct{}
+	opts   Options
 }
 
 // New builds a validator whose state is empty until fed. Its snapshots are rebuilt
@@ -119,22 +121,32 @@ func New(o Options, log logr.Logger) *Validator {
 		return e
 	}
 	st := newStore(o.PublicURL, o.AllowHSKeys, c, log, newExt)
-	v := &Validator{store: st, opts: o}
+	v := &Validator{store: st, opts: o, synced: make(chan struct{})}
 	v.Checker = &Checker{store: st, cache: c, clock: o.Clock, allowUnmatched: o.AllowUnmatched,
 		allowHS: o.AllowHSKeys, maxTokenLen: o.MaxTokenLen, metrics: m, log: log, ready: &v.ready}
-	v.ready.Store(true)
+	v.markReady()
 	return v
+}
+
+// markReady marks the state synced: the core stops denying everything and the servers start
+// listening.
+func (v *Validator) markReady() {
+	v.ready.Store(true)
+	close(v.synced)
 }
 
 // Setup adds the validator to a manager: its own informer cache (AccessPolicies,
 // TokenIssuers, JWKS ConfigMaps, revoked Sessions as metadata; key-set Secrets only with
 // AllowHSKeys), the HTTP and gRPC servers, and the loops that keep its state. Every part runs
-// on every replica (no leader election). The servers deny everything until the informers
-// have synced.
+// on every replica (no leader election). The servers listen only once the informers have
+// synced (and the core denies everything until then): a proxy in front of several replicas
+// gets a refused connection from a replica that is starting, and tries another, instead of a
+// deny from an empty state.
 func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 	log := ctrl.Log.WithName("validator")
 	v := New(o, log)
 	v.ready.Store(false)
+	v.synced = make(chan struct{})
 	o = v.opts
 
 	cl, err := cluster.New(mgr.GetConfig(), func(co *cluster.Options) {
@@ -171,12 +183,12 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 	}
 	if o.AuthzAddr != "" {
 		h := &httpHandler{checker: v.Checker, trusted: o.TrustedProxies, log: log}
-		if err := mgr.Add(&httpServer{addr: o.AuthzAddr, handler: h, log: log, ready: listening("http"), wrap: tlsListener(o.HTTPTLS)}); err != nil {
+		if err := mgr.Add(&httpServer{addr: o.AuthzAddr, handler: h, log: log, ready: listening("http"), waitFor: v.synced, wrap: tlsListener(o.HTTPTLS)}); err != nil {
 			return fmt.Errorf("cannot add HTTP forward auth server: %w", err)
 		}
 	}
 	if o.GRPCAddr != "" {
-		if err := mgr.Add(&grpcServer{addr: o.GRPCAddr, checker: v.Checker, log: log, ready: listening("grpc"), wrap: tlsListener(o.GRPCTLS)}); err != nil {
+		if err := mgr.Add(&grpcServer{addr: o.GRPCAddr, checker: v.Checker, log: log, ready: listening("grpc"), waitFor: v.synced, wrap: tlsListener(o.GRPCTLS)}); err != nil {
 			return fmt.Errorf("cannot add gRPC authorization server: %w", err)
 		}
 	}
@@ -221,6 +233,19 @@ func cacheOptions(o Options) cache.Options {
 	return opts
 }
 
+// waitSynced blocks until synced is closed (at once when nil); false when ctx ends first.
+func waitSynced(ctx context.Context, synced <-chan struct{}) bool {
+	if synced == nil {
+		return true
+	}
+	select {
+	case <-synced:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
 // runnableFunc is a manager runnable that runs on every replica.
 type runnableFunc func(context.Context) error
 
@@ -242,7 +267,7 @@ func (v *Validator) rebuildLoop(ctx context.Context, obs *observer) error {
 		case <-tick.C:
 			if !v.ready.Load() && obs.synced() {
 				v.store.rebuild()
-				v.ready.Store(true)
+				v.markReady()
 				tick.Stop()
 			}
 		}
