@@ -171,7 +171,10 @@ func run(c config) error {
 		&keywardv1.SigningKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "main"}, Spec: keywardv1.SigningKeySpec{Algorithm: keywardv1.AlgorithmES256}},
 		&keywardv1.TokenIssuer{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "main"}, Spec: keywardv1.TokenIssuerSpec{
 			Issuer: issuerURL, Audiences: []string{"api"}, SigningKeyRef: keywardv1.LocalObjectReference{Name: "main"},
-			Users: keywardv1.SecretReference{SecretRef: keywardv1.LocalObjectReference{Name: "users"}}}},
+			// The one token lasts the whole run: validators refuse a token that outlives its
+			// issuer's access-token lifetime.
+			AccessTokenLifetime: metav1.Duration{Duration: time.Hour},
+			Users:               keywardv1.SecretReference{SecretRef: keywardv1.LocalObjectReference{Name: "users"}}}},
 		&keywardv1.AccessPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "app"}, Spec: keywardv1.AccessPolicySpec{
 			Hosts: []string{"app.example.test"},
 			Rules: []keywardv1.AccessRule{
