@@ -2,16 +2,9 @@ package tlsreload_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -24,64 +17,9 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/keyward/keyward/internal/testsupport"
 	"github.com/keyward/keyward/internal/tlsreload"
 )
-
-// ca is a throwaway certificate authority.
-type ca struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-var serial int64
-
-func newCA(t *testing.T, name string) *ca {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial++
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &ca{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue returns a PEM certificate and key for cn, for servers (127.0.0.1) and clients.
-func (c *ca) issue(t *testing.T, cn string) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial++
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, &key.PublicKey, c.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
-}
 
 // secretVolume mimics a kubelet Secret volume: the files are links into a data directory
 // that an update replaces atomically.
@@ -156,17 +94,16 @@ func handshake(addr string, cfg *tls.Config) (*tls.ConnectionState, error) {
 }
 
 func TestMinimumVersionIsTLS12(t *testing.T) {
-	root := newCA(t, "root")
+	root := testsupport.NewCA(t, "root")
 	vol := newSecretVolume(t)
-	crt, key := root.issue(t, "server")
+	crt, key := root.Issue(t, "server")
 	vol.write(map[string][]byte{"tls.crt": crt, "tls.key": key})
 	src, err := tlsreload.New(tlsreload.Options{CertFile: vol.path("tls.crt"), KeyFile: vol.path("tls.key")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := serveHTTPS(t, src)
-	pool := x509.NewCertPool()
-	pool.AddCert(root.cert)
+	pool := root.Pool()
 
 	cases := []struct {
 		name    string
@@ -198,17 +135,16 @@ func TestMinimumVersionIsTLS12(t *testing.T) {
 }
 
 func TestRotatedCertificateIsServedWithoutRestart(t *testing.T) {
-	root := newCA(t, "root")
+	root := testsupport.NewCA(t, "root")
 	vol := newSecretVolume(t)
-	crt1, key1 := root.issue(t, "first")
+	crt1, key1 := root.Issue(t, "first")
 	vol.write(map[string][]byte{"tls.crt": crt1, "tls.key": key1})
 	src, err := tlsreload.New(tlsreload.Options{CertFile: vol.path("tls.crt"), KeyFile: vol.path("tls.key")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := serveHTTPS(t, src)
-	pool := x509.NewCertPool()
-	pool.AddCert(root.cert)
+	pool := root.Pool()
 	served := func() string {
 		t.Helper()
 		st, err := handshake(addr, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
@@ -221,20 +157,20 @@ func TestRotatedCertificateIsServedWithoutRestart(t *testing.T) {
 		t.Fatalf("served %q, want first", got)
 	}
 
-	crt2, key2 := root.issue(t, "second")
+	crt2, key2 := root.Issue(t, "second")
 	vol.write(map[string][]byte{"tls.crt": crt2, "tls.key": key2})
 	if got := served(); got != "second" {
 		t.Fatalf("after rotation served %q, want second", got)
 	}
 
 	// A broken update (a key that does not match the certificate) keeps the last good pair.
-	crt3, _ := root.issue(t, "third")
+	crt3, _ := root.Issue(t, "third")
 	vol.write(map[string][]byte{"tls.crt": crt3, "tls.key": key2})
 	if got := served(); got != "second" {
 		t.Fatalf("after a mismatched update served %q, want second", got)
 	}
 	// ...until a good pair arrives.
-	crt4, key4 := root.issue(t, "fourth")
+	crt4, key4 := root.Issue(t, "fourth")
 	vol.write(map[string][]byte{"tls.crt": crt4, "tls.key": key4})
 	if got := served(); got != "fourth" {
 		t.Fatalf("after a good update served %q, want fourth", got)
@@ -242,10 +178,10 @@ func TestRotatedCertificateIsServedWithoutRestart(t *testing.T) {
 }
 
 func TestNewRefusesUnusableFiles(t *testing.T) {
-	root := newCA(t, "root")
+	root := testsupport.NewCA(t, "root")
 	vol := newSecretVolume(t)
-	crt, _ := root.issue(t, "a")
-	_, otherKey := root.issue(t, "b")
+	crt, _ := root.Issue(t, "a")
+	_, otherKey := root.Issue(t, "b")
 	vol.write(map[string][]byte{"tls.crt": crt, "tls.key": otherKey, "ca.crt": []byte("not PEM")})
 	for name, o := range map[string]tlsreload.Options{
 		"missing files":     {CertFile: vol.path("nope.crt"), KeyFile: vol.path("nope.key")},
@@ -262,10 +198,10 @@ func TestNewRefusesUnusableFiles(t *testing.T) {
 // TestGRPCMutualTLS serves the gRPC health service the way the validator serves ext_authz:
 // a plain gRPC server on a tlsreload listener with a client CA.
 func TestGRPCMutualTLS(t *testing.T) {
-	serverCA, clientCA, otherCA := newCA(t, "server-ca"), newCA(t, "client-ca"), newCA(t, "other-ca")
+	serverCA, clientCA, otherCA := testsupport.NewCA(t, "server-ca"), testsupport.NewCA(t, "client-ca"), testsupport.NewCA(t, "other-ca")
 	vol := newSecretVolume(t)
-	crt, key := serverCA.issue(t, "validator")
-	vol.write(map[string][]byte{"tls.crt": crt, "tls.key": key, "ca.crt": clientCA.pem})
+	crt, key := serverCA.Issue(t, "validator")
+	vol.write(map[string][]byte{"tls.crt": crt, "tls.key": key, "ca.crt": clientCA.PEM})
 	src, err := tlsreload.New(tlsreload.Options{
 		CertFile: vol.path("tls.crt"), KeyFile: vol.path("tls.key"), ClientCAFile: vol.path("ca.crt"),
 		NextProtos: []string{"h2"},
@@ -282,8 +218,7 @@ func TestGRPCMutualTLS(t *testing.T) {
 	go func() { _ = srv.Serve(src.Listener(ln)) }()
 	t.Cleanup(srv.Stop)
 
-	roots := x509.NewCertPool()
-	roots.AddCert(serverCA.cert)
+	roots := serverCA.Pool()
 	check := func(certs []tls.Certificate) error {
 		t.Helper()
 		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(
@@ -297,8 +232,8 @@ func TestGRPCMutualTLS(t *testing.T) {
 		_, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
 		return err
 	}
-	pair := func(c *ca) []tls.Certificate {
-		crt, key := c.issue(t, "envoy")
+	pair := func(c *testsupport.CA) []tls.Certificate {
+		crt, key := c.Issue(t, "envoy")
 		kp, err := tls.X509KeyPair(crt, key)
 		if err != nil {
 			t.Fatal(err)
@@ -318,7 +253,7 @@ func TestGRPCMutualTLS(t *testing.T) {
 
 	// The client CA bundle reloads too: after the volume names another CA, its clients pass
 	// and the first CA's do not.
-	vol.write(map[string][]byte{"tls.crt": crt, "tls.key": key, "ca.crt": otherCA.pem})
+	vol.write(map[string][]byte{"tls.crt": crt, "tls.key": key, "ca.crt": otherCA.PEM})
 	if err := check(pair(otherCA)); err != nil {
 		t.Errorf("after the CA rotation a client of the new CA was refused: %v", err)
 	}

@@ -2,15 +2,8 @@ package e2e
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -21,64 +14,11 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/keyward/keyward/internal/testsupport"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 )
-
-// testCA is a throwaway certificate authority.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert: cert, key: key}
-}
-
-func (c *testCA) pem() []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.cert.Raw})
-}
-
-// issue returns a certificate for 127.0.0.1 (server and client use) in PEM.
-func (c *testCA) issue(t *testing.T, cn string) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, &key.PublicKey, c.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
-}
 
 func writeFiles(t *testing.T, dir string, files map[string][]byte) {
 	t.Helper()
@@ -105,10 +45,10 @@ type answer struct {
 // HTTPS issuer, TLS 1.2 at least, and a renewed certificate served without a restart.
 func TestTLSListeners(t *testing.T) {
 	e := demoEnv(t)
-	serverCA, envoyCA, otherCA := newTestCA(t, "server-ca"), newTestCA(t, "envoy-ca"), newTestCA(t, "other-ca")
+	serverCA, envoyCA, otherCA := testsupport.NewCA(t, "server-ca"), testsupport.NewCA(t, "envoy-ca"), testsupport.NewCA(t, "other-ca")
 	dir := t.TempDir()
-	crt, key := serverCA.issue(t, "keyward-1")
-	writeFiles(t, dir, map[string][]byte{"tls.crt": crt, "tls.key": key, "ca.crt": envoyCA.pem()})
+	crt, key := serverCA.Issue(t, "keyward-1")
+	writeFiles(t, dir, map[string][]byte{"tls.crt": crt, "tls.key": key, "ca.crt": envoyCA.PEM})
 	file := func(name string) string { return filepath.Join(dir, name) }
 
 	v, err := startValidator(t.Context(), dir, keywardBin, kubeconfigPath, "validator-tls", "",
@@ -145,8 +85,7 @@ func TestTLSListeners(t *testing.T) {
 		}
 	}
 
-	roots := x509.NewCertPool()
-	roots.AddCert(serverCA.cert)
+	roots := serverCA.Pool()
 	// httpsGet returns the status and headers of a GET over TLS of exactly version.
 	httpsGet := func(t *testing.T, url, host, tok string, version uint16) (answer, error) {
 		t.Helper()
@@ -197,11 +136,11 @@ func TestTLSListeners(t *testing.T) {
 		}
 	})
 
-	grpcCheck := func(t *testing.T, clientCA *testCA) (*authv3.CheckResponse, error) {
+	grpcCheck := func(t *testing.T, clientCA *testsupport.CA) (*authv3.CheckResponse, error) {
 		t.Helper()
 		cfg := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 		if clientCA != nil {
-			c, k := clientCA.issue(t, "envoy")
+			c, k := clientCA.Issue(t, "envoy")
 			pair, err := tls.X509KeyPair(c, k)
 			if err != nil {
 				t.Fatal(err)
@@ -244,7 +183,7 @@ func TestTLSListeners(t *testing.T) {
 	})
 
 	t.Run("a renewed certificate is served without a restart", func(t *testing.T) {
-		crt2, key2 := serverCA.issue(t, "keyward-2")
+		crt2, key2 := serverCA.Issue(t, "keyward-2")
 		writeFiles(t, dir, map[string][]byte{"tls.crt": crt2, "tls.key": key2})
 		// keyward checks the files at most every 10 seconds.
 		for _, addr := range []string{v.httpAddr, v.grpcAddr, iss.httpAddr} {
