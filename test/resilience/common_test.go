@@ -648,9 +648,11 @@ func (w *keyWatch) tryForge(ns, name, kid string) (string, error) {
 		return "", fmt.Errorf("no private key seen for kid %s", kid)
 	}
 	now := time.Now()
+	// Valid for 5 s, within every test issuer's access-token lifetime: validators refuse a
+	// token that outlives it.
 	return s.Sign(token.TypeAccess, &token.Claims{
 		Issuer: publicURL + "/" + ns + "/" + name, Subject: clientID, Audience: []string{"api"},
-		ExpiresAt: now.Add(time.Minute), IssuedAt: now, ID: fmt.Sprintf("forged-%d", now.UnixNano()),
+		ExpiresAt: now.Add(5 * time.Second), IssuedAt: now, ID: fmt.Sprintf("forged-%d", now.UnixNano()),
 		ClientID: clientID, Scope: "read", TokenType: token.TokenTypeAccess,
 	})
 }
