@@ -28,6 +28,20 @@ func writeDRF(w http.ResponseWriter, e *drfError) {
 	writeJSON(w, e.status, e.body)
 }
 
+// drfCharFields parses a simplejwt request body and reads the named required string fields,
+// answering the request with DRF's error (and returning false) when it cannot.
+func drfCharFields(w http.ResponseWriter, r *http.Request, names ...string) ([]string, bool) {
+	fields, perr := parseDRF(w, r)
+	if perr == nil {
+		var vals []string
+		if vals, perr = charFields(fields, names...); perr == nil {
+			return vals, true
+		}
+	}
+	writeDRF(w, perr)
+	return nil, false
+}
+
 // unauthorized answers 401 with simplejwt's WWW-Authenticate.
 func unauthorized(w http.ResponseWriter, body []byte) {
 	w.Header().Set("WWW-Authenticate", wwwAuthenticateAPI)
@@ -50,14 +64,8 @@ func tokenRefused(w http.ResponseWriter, e tokenError) {
 
 // obtain is POST /api/token/: {"username","password"} -> {"refresh","access"}.
 func (s *Server) obtain(w http.ResponseWriter, r *http.Request, cfg *issuerConfig, th *throttler) {
-	fields, perr := parseDRF(w, r)
-	if perr != nil {
-		writeDRF(w, perr)
-		return
-	}
-	vals, perr := charFields(fields, "username", "password")
-	if perr != nil {
-		writeDRF(w, perr)
+	vals, ok := drfCharFields(w, r, "username", "password")
+	if !ok {
 		return
 	}
 	res := s.login(r.Context(), cfg, th, vals[0], vals[1], clientAddress(r))
@@ -84,14 +92,8 @@ func (s *Server) obtain(w http.ResponseWriter, r *http.Request, cfg *issuerConfi
 // refresh is POST /api/token/refresh/: {"refresh"} -> {"access","refresh"} (refresh only with
 // rotation on).
 func (s *Server) refresh(w http.ResponseWriter, r *http.Request, cfg *issuerConfig, _ *throttler) {
-	fields, perr := parseDRF(w, r)
-	if perr != nil {
-		writeDRF(w, perr)
-		return
-	}
-	vals, perr := charFields(fields, "refresh")
-	if perr != nil {
-		writeDRF(w, perr)
+	vals, ok := drfCharFields(w, r, "refresh")
+	if !ok {
 		return
 	}
 	c, _, terr := s.checkToken(cfg, vals[0], token.TokenTypeRefresh)
@@ -128,14 +130,8 @@ func (s *Server) refresh(w http.ResponseWriter, r *http.Request, cfg *issuerConf
 // simplejwt, an access token of a revoked session is not valid (401); a refresh token is valid
 // only while it can still be used (simplejwt's 400 "Token is blacklisted" otherwise).
 func (s *Server) verify(w http.ResponseWriter, r *http.Request, cfg *issuerConfig, _ *throttler) {
-	fields, perr := parseDRF(w, r)
-	if perr != nil {
-		writeDRF(w, perr)
-		return
-	}
-	vals, perr := charFields(fields, "token")
-	if perr != nil {
-		writeDRF(w, perr)
+	vals, ok := drfCharFields(w, r, "token")
+	if !ok {
 		return
 	}
 	c, typ, terr := s.checkToken(cfg, vals[0], "")
@@ -166,14 +162,8 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request, cfg *issuerConfi
 
 // blacklist is POST /api/token/blacklist/: {"refresh"} -> {}; it revokes the token's session.
 func (s *Server) blacklist(w http.ResponseWriter, r *http.Request, cfg *issuerConfig, _ *throttler) {
-	fields, perr := parseDRF(w, r)
-	if perr != nil {
-		writeDRF(w, perr)
-		return
-	}
-	vals, perr := charFields(fields, "refresh")
-	if perr != nil {
-		writeDRF(w, perr)
+	vals, ok := drfCharFields(w, r, "refresh")
+	if !ok {
 		return
 	}
 	c, _, terr := s.checkToken(cfg, vals[0], token.TokenTypeRefresh)
