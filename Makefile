@@ -98,6 +98,7 @@ FUZZ_TARGETS := \
 	internal/token:FuzzVerifyKeysFromJWKS \
 	internal/validator:FuzzCheckRequestWire \
 	internal/validator:FuzzCheck \
+	internal/validator:FuzzH2Conn \
 	internal/issuer:FuzzRequestBodies \
 	internal/keys:FuzzParseImport
 FUZZTIME ?= 60s

@@ -20,11 +20,13 @@ type validatorFlags struct {
 	tls            tlsFlags
 	grpcTLS        tlsFlags
 	grpcClientCA   string
+	grpcTransport  string
 }
 
 func (f *validatorFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.authzAddr, "authz-addr", validator.DefaultAuthzAddr, "Address of the HTTP forward-auth endpoint, path /authz; empty disables it.")
 	fs.StringVar(&f.grpcAddr, "authz-grpc-addr", validator.DefaultGRPCAddr, "Address of the Envoy ext_authz v3 gRPC service and gRPC health; empty disables it.")
+	fs.StringVar(&f.grpcTransport, "authz-grpc-transport", validator.GRPCTransportKeyward, "gRPC server of the ext_authz service: keyward (its own unary HTTP/2 server, the faster) or grpc-go (also serves Health/Watch).")
 	fs.StringVar(&f.trustedProxies, "trusted-proxies", "127.0.0.0/8,::1/128", "Comma-separated CIDRs of the proxies whose X-Forwarded-* and X-Original-* headers are trusted; empty trusts none.")
 	fs.BoolVar(&f.allowUnmatched, "allow-unmatched", false, "Allow requests to hosts no AccessPolicy names; denied by default.")
 	fs.BoolVar(&f.allowHSKeys, "allow-hs-keys", false, "Read SigningKey key-set Secrets to validate HS256/384/512 tokens; needs Secret read permission.")
@@ -38,6 +40,7 @@ func (f *validatorFlags) options(publicURL string, namespaces []string) (validat
 	o := validator.Options{
 		AuthzAddr:      f.authzAddr,
 		GRPCAddr:       f.grpcAddr,
+		GRPCTransport:  f.grpcTransport,
 		PublicURL:      publicURL,
 		AllowUnmatched: f.allowUnmatched,
 		AllowHSKeys:    f.allowHSKeys,
@@ -57,6 +60,9 @@ func (f *validatorFlags) options(publicURL string, namespaces []string) (validat
 	var err error
 	if o.HTTPTLS, err = f.tls.config(nil, "http/1.1"); err != nil {
 		return o, err
+	}
+	if f.grpcTransport != validator.GRPCTransportKeyward && f.grpcTransport != validator.GRPCTransportGRPCGo {
+		return o, fmt.Errorf("invalid --authz-grpc-transport %q: keyward or grpc-go", f.grpcTransport)
 	}
 	if f.grpcClientCA != "" && f.grpcTLS.cert == "" {
 		return o, fmt.Errorf("--authz-grpc-client-ca needs --authz-grpc-tls-cert and --authz-grpc-tls-key")

@@ -40,6 +40,9 @@ func (c *Checker) Check(ctx context.Context, req Request) (d Decision) {
 			d = Decision{Status: http.StatusUnauthorized, Reason: ReasonInternal, Remove: identityHeaders}
 			c.log.Error(nil, "Panic in authorization check", "panic", p)
 		}
+		if nw, ok := ctx.(*noWaitContext); ok && nw.wouldWait {
+			return // not decided: the caller runs Check
+		}
 		if d.Allowed() && ctx.Err() != nil {
 			d = Decision{Status: http.StatusUnauthorized, Reason: ReasonCanceled, Remove: d.Remove}
 		}
@@ -50,6 +53,23 @@ func (c *Checker) Check(ctx context.Context, req Request) (d Decision) {
 		}
 	}()
 	return c.check(ctx, &req)
+}
+
+// tryCheck is Check for a caller that must not block (the gRPC transport decides on the
+// connection's goroutine): where the decision would wait, for an external issuer's keys
+// being fetched, it gives up, records nothing and returns false; the caller then runs Check
+// where waiting is harmless. ctx is the caller's, reused from one call to the next.
+func (c *Checker) tryCheck(ctx *noWaitContext, req Request) (Decision, bool) {
+	*ctx = noWaitContext{Context: context.Background()}
+	d := c.Check(ctx, req)
+	return d, !ctx.wouldWait
+}
+
+// noWaitContext is the context of tryCheck. Whatever would wait sets wouldWait and returns
+// at once (externalIssuer.keyFor).
+type noWaitContext struct {
+	context.Context
+	wouldWait bool
 }
 
 func deny(status int, reason Reason, remove []string) Decision {

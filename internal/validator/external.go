@@ -100,6 +100,10 @@ func (e *externalIssuer) keyFor(ctx context.Context, kid string) *token.VerifyKe
 	if done == nil {
 		return nil
 	}
+	if nw, ok := ctx.(*noWaitContext); ok {
+		nw.wouldWait = true
+		return nil
+	}
 	timer := time.NewTimer(unknownKIDWait)
 	defer timer.Stop()
 	select {

@@ -155,8 +155,8 @@ func deniedResponse(code int32, status typev3.StatusCode, www string) *authv3.Ch
 // checks on one connection, so there are more workers than concurrent checks are expected.
 const grpcStreamWorkers = 128
 
-// grpcServer serves Authorization/Check and the standard health service as a manager
-// runnable on every replica.
+// grpcServer serves Authorization/Check and the standard health service (Check; Watch only
+// with grpc-go's transport) as a manager runnable on every replica.
 type grpcServer struct {
 	addr    string
 	checker *Checker
@@ -166,7 +166,16 @@ type grpcServer struct {
 	wrap func(net.Listener) net.Listener
 	// waitFor, if set, delays listening until it is closed (the validator's state synced).
 	waitFor <-chan struct{}
+	// transport is GRPCTransportKeyward (the default when empty) or GRPCTransportGRPCGo.
+	transport string
 }
+
+// The gRPC transports (Options.GRPCTransport): keyward's own unary HTTP/2 server
+// (h2grpc.go, ADR 0014), or grpc-go's server, kept as a fallback.
+const (
+	GRPCTransportKeyward = "keyward"
+	GRPCTransportGRPCGo  = "grpc-go"
+)
 
 func (s *grpcServer) NeedLeaderElection() bool { return false }
 
@@ -174,6 +183,44 @@ func (s *grpcServer) Start(ctx context.Context) error {
 	if !waitSynced(ctx, s.waitFor) {
 		return nil
 	}
+	ln, err := net.Listen("tcp", s.addr)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s: %w", s.addr, err)
+	}
+	if s.wrap != nil {
+		ln = s.wrap(ln)
+	}
+	if s.ready != nil {
+		s.ready(ln.Addr())
+	}
+	transport := s.transport
+	if transport == "" {
+		transport = GRPCTransportKeyward
+	}
+	s.log.Info("Serving Envoy ext_authz gRPC", "address", ln.Addr().String(), "transport", transport)
+	if transport == GRPCTransportGRPCGo {
+		return s.serveGRPCGo(ctx, ln)
+	}
+	srv := newH2Server(s.checker, s.log)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("gRPC authorization server failed: %w", err)
+	case <-ctx.Done():
+	}
+	_ = ln.Close()
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), grpcShutdownWait)
+	defer cancel()
+	srv.Shutdown(shutdownCtx)
+	return nil
+}
+
+// grpcShutdownWait bounds a graceful stop of the gRPC server.
+const grpcShutdownWait = 10 * time.Second
+
+// serveGRPCGo serves with grpc-go's server (GRPCTransportGRPCGo) until ctx ends.
+func (s *grpcServer) serveGRPCGo(ctx context.Context, ln net.Listener) error {
 	srv := grpc.NewServer(
 		// CheckRequests are decoded straight from the wire (checkRequest), answers are
 		// encoded by hand or once (encodedMessage); the health service keeps protobuf.
@@ -191,18 +238,6 @@ func (s *grpcServer) Start(ctx context.Context) error {
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(srv, hs)
-
-	ln, err := net.Listen("tcp", s.addr)
-	if err != nil {
-		return fmt.Errorf("cannot listen on %s: %w", s.addr, err)
-	}
-	if s.wrap != nil {
-		ln = s.wrap(ln)
-	}
-	if s.ready != nil {
-		s.ready(ln.Addr())
-	}
-	s.log.Info("Serving Envoy ext_authz gRPC", "address", ln.Addr().String())
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -215,7 +250,7 @@ func (s *grpcServer) Start(ctx context.Context) error {
 	go func() { srv.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:
-	case <-time.After(10 * time.Second):
+	case <-time.After(grpcShutdownWait):
 		srv.Stop()
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"unicode/utf8"
+	"unsafe"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -55,6 +56,9 @@ type checkRequest struct {
 	headerMapAuth []string
 	// err is why the message could not be decoded (checkCodec): the request is denied.
 	err error
+	// alias makes the strings point into the decoded message instead of copying it: set by
+	// a caller that owns the message and never modifies or reuses it (h2Conn).
+	alias bool
 }
 
 // unmarshal decodes b as protobuf's Unmarshal would for the fields it reads: a field
@@ -89,11 +93,11 @@ func (r *checkRequest) httpField(num protowire.Number, typ protowire.Type, v []b
 	}
 	switch num {
 	case fieldHTTPMethod:
-		return setString(&r.method, v)
+		return r.setString(&r.method, v)
 	case fieldHTTPPath:
-		return setString(&r.path, v)
+		return r.setString(&r.path, v)
 	case fieldHTTPHost:
-		return setString(&r.host, v)
+		return r.setString(&r.host, v)
 	case fieldHTTPHeaders:
 		var key, value []byte
 		err := walkMessage(v, func(num protowire.Number, typ protowire.Type, v []byte) error {
@@ -115,9 +119,9 @@ func (r *checkRequest) httpField(num protowire.Number, typ protowire.Type, v []b
 		}
 		switch string(key) {
 		case "authorization":
-			r.authorization, r.hasAuthorization = string(value), true
+			r.authorization, r.hasAuthorization = r.str(value), true
 		case ":authority":
-			r.authority = string(value)
+			r.authority = r.str(value)
 		}
 		return nil
 	case fieldHTTPHeaderMap:
@@ -152,7 +156,7 @@ func (r *checkRequest) httpField(num protowire.Number, typ protowire.Type, v []b
 				if len(value) == 0 {
 					value = raw
 				}
-				r.headerMapAuth = append(r.headerMapAuth, string(value))
+				r.headerMapAuth = append(r.headerMapAuth, r.str(value))
 			}
 			return nil
 		})
@@ -211,12 +215,20 @@ func walkMessage(b []byte, f func(num protowire.Number, typ protowire.Type, v []
 	return nil
 }
 
-func setString(dst *string, v []byte) error {
+func (r *checkRequest) setString(dst *string, v []byte) error {
 	if err := checkUTF8(v); err != nil {
 		return err
 	}
-	*dst = string(v)
+	*dst = r.str(v)
 	return nil
+}
+
+// str is v as a string: a copy, or with alias the bytes themselves.
+func (r *checkRequest) str(v []byte) string {
+	if r.alias && len(v) > 0 {
+		return unsafe.String(&v[0], len(v)) //nolint:gosec // alias: the message is never modified (checkRequest.alias)
+	}
+	return string(v)
 }
 
 func checkUTF8(v []byte) error {

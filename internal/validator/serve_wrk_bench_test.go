@@ -143,6 +143,7 @@ func BenchmarkGRPCServerUnderH2load(b *testing.B) {
 	for _, c := range []struct{ name, conns, streams string }{
 		{"1conn-8streams", "1", "8"},
 		{"2conns-16streams", "2", "8"},
+		{"8conns-1stream", "8", "1"}, // wrk's shape: 8 connections, a request in flight on each
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			args := []string{"-t1", "-c" + c.conns, "-m" + c.streams, "-D5", "-d", body,

@@ -45,6 +45,8 @@ type Options struct {
 	AuthzAddr string
 	// GRPCAddr is the Envoy ext_authz v3 gRPC address; empty disables it.
 	GRPCAddr string
+	// GRPCTransport is the gRPC server: GRPCTransportKeyward (default) or GRPCTransportGRPCGo.
+	GRPCTransport string
 	// HTTPTLS and GRPCTLS, when set, make the HTTP and gRPC listeners serve TLS with these
 	// configurations (tlsreload.Source.ServerConfig: reloaded certificates, TLS 1.2 at least,
 	// client certificates for mutual TLS). The gRPC one must offer ALPN "h2".
@@ -188,7 +190,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 		}
 	}
 	if o.GRPCAddr != "" {
-		if err := mgr.Add(&grpcServer{addr: o.GRPCAddr, checker: v.Checker, log: log, ready: listening("grpc"), waitFor: v.synced, wrap: tlsListener(o.GRPCTLS)}); err != nil {
+		if err := mgr.Add(&grpcServer{addr: o.GRPCAddr, checker: v.Checker, log: log, ready: listening("grpc"), waitFor: v.synced, wrap: tlsListener(o.GRPCTLS), transport: o.GRPCTransport}); err != nil {
 			return fmt.Errorf("cannot add gRPC authorization server: %w", err)
 		}
 	}

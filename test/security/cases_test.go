@@ -163,7 +163,10 @@ func sizeCases() []attack {
 	return []attack{
 		{category: "size", name: "a 1 MiB token", source: "RFC 8725 §3.10 (resource exhaustion); RFC 9110 §15.5.20 (431)",
 			tok:  func() string { return mint(suite.main, map[string]string{"x": quote(strings.Repeat("a", 1<<20))}, nil) },
-			want: deny, httpWant: http.StatusRequestHeaderFieldsTooLarge, httpResetOK: true, grpcWant: codes.ResourceExhausted, verify: http.StatusRequestEntityTooLarge},
+			want: deny, httpWant: http.StatusRequestHeaderFieldsTooLarge, httpResetOK: true,
+			// The CheckRequest is over the 1 MiB message cap: denied unread as a malformed
+			// request (403), in a CheckResponse rather than a gRPC error (ADR 0014).
+			grpcWant: codes.PermissionDenied, verify: http.StatusRequestEntityTooLarge},
 		{category: "size", name: "a 54 KiB token (under the 64 KiB header limit, over the 8 KiB token cap)", source: "RFC 8725 §3.10",
 			tok: func() string {
 				return mint(suite.main, map[string]string{"x": quote(strings.Repeat("a", 40<<10))}, nil)

@@ -114,9 +114,12 @@ func runAttack(t *testing.T, a *attack) {
 		} else {
 			req = checkReqHost(host, path, "Bearer "+tok, nil)()
 		}
-		want := grpcCodeOf(a.want)
+		want, wantHTTP := grpcCodeOf(a.want), deniedHTTP(a.want)
 		if a.grpcWant != codes.OK {
 			want = a.grpcWant
+			if want == codes.PermissionDenied {
+				wantHTTP = typev3.StatusCode_Forbidden
+			}
 		}
 		code, resp, err := grpcAuthz(ctx, req)
 		switch {
@@ -124,8 +127,8 @@ func runAttack(t *testing.T, a *attack) {
 			t.Errorf("grpc: %v", err)
 		case code != want:
 			t.Errorf("grpc: %v, want %v", code, want)
-		case resp != nil && code != codes.OK && resp.GetDeniedResponse().GetStatus().GetCode() != deniedHTTP(a.want):
-			t.Errorf("grpc: denied with HTTP status %v, want %v", resp.GetDeniedResponse().GetStatus().GetCode(), deniedHTTP(a.want))
+		case resp != nil && code != codes.OK && resp.GetDeniedResponse().GetStatus().GetCode() != wantHTTP:
+			t.Errorf("grpc: denied with HTTP status %v, want %v", resp.GetDeniedResponse().GetStatus().GetCode(), wantHTTP)
 		case a.grpcCheck != nil && resp != nil:
 			if err := a.grpcCheck(resp); err != nil {
 				t.Errorf("grpc: %v", err)
