@@ -692,7 +692,8 @@ func (c *h2Conn) dataLocked(f *http2.DataFrame) {
 	}
 }
 
-// finishLocked answers a stream whose request is complete.
+// finishLocked answers a stream: at the end of its request, or before it when the request
+// cannot be served (its answer does not depend on the rest).
 func (c *h2Conn) finishLocked(st *h2Stream) {
 	st.answered = true
 	switch {
