@@ -234,6 +234,7 @@ var errH2Preface = errors.New("not an HTTP/2 client preface")
 func (c *h2Conn) serve() {
 	defer c.close()
 	if err := c.handshake(); err != nil {
+		c.srv.checker.metrics.grpcRefusal("preface")
 		c.srv.log.V(1).Info("gRPC connection refused", "remote", c.nc.RemoteAddr().String(), "error", err.Error())
 		return
 	}
@@ -396,6 +397,7 @@ func (c *h2Conn) connErrorLocked(code http2.ErrCode, detail error) {
 	if detail != nil {
 		msg = detail.Error()
 	}
+	c.srv.checker.metrics.grpcRefusal("goaway_" + code.String())
 	c.srv.log.V(1).Info("gRPC connection error", "remote", c.nc.RemoteAddr().String(), "code", code.String(), "detail", msg)
 	c.wbuf = appendGoAway(c.wbuf, c.maxStreamID, code)
 	c.flushLocked()
@@ -404,6 +406,7 @@ func (c *h2Conn) connErrorLocked(code http2.ErrCode, detail error) {
 
 // resetLocked sends RST_STREAM and forgets the stream.
 func (c *h2Conn) resetLocked(id uint32, code http2.ErrCode) {
+	c.srv.checker.metrics.grpcRefusal("rst_" + code.String())
 	c.wbuf = appendRSTStream(c.wbuf, id, code)
 	if st := c.streams[id]; st != nil {
 		c.dropLocked(st)
@@ -698,10 +701,12 @@ func (c *h2Conn) finishLocked(st *h2Stream) {
 	st.answered = true
 	switch {
 	case st.httpStatus != "":
+		c.srv.checker.metrics.grpcRefusal("http_" + st.httpStatus)
 		c.writeHeadersLocked(st, httpErrorBlock(st.httpStatus), true)
 		c.answeredLocked(st)
 		return
 	case st.badStatus != codes.OK:
+		c.srv.checker.metrics.grpcRefusal("unimplemented")
 		c.trailersOnlyLocked(st, st.badStatus, st.badMessage)
 		return
 	}

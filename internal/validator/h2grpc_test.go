@@ -19,6 +19,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/go-logr/logr"
+	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
@@ -2085,4 +2086,38 @@ func FuzzH2Conn(f *testing.F) {
 		in.out.Write(frames)
 		checkServerFrames(t, runH2Conn(t, srv, in.out.Bytes(), int(chunk)))
 	})
+}
+
+// TestH2RefusalsAreCounted: what the transport refuses before any decision is generic to
+// the client and specific in keyward_validator_grpc_refusals_total, so that an operator
+// sees a misconfigured or hostile client.
+func TestH2RefusalsAreCounted(t *testing.T) {
+	f := newFixture(t)
+	_, addr := startH2(t, f)
+	m := f.v.Checker.metrics
+	count := func(reason string) float64 {
+		var out dto.Metric
+		if err := m.refusals.WithLabelValues(reason).Write(&out); err != nil {
+			t.Fatal(err)
+		}
+		return out.GetCounter().GetValue()
+	}
+	before := map[string]float64{}
+	for _, r := range []string{"http_405", "unimplemented", "goaway_PROTOCOL_ERROR"} {
+		before[r] = count(r)
+	}
+
+	c := dialH2(t, addr)
+	c.sync()
+	c.answer(c.open(grpcPathCheck, true, ":method", "GET"))
+	c.answer(c.open("/envoy.service.auth.v3.Authorization/Nope", true))
+	// A HEADERS frame on an even (server) stream ends the connection.
+	c.headers(2, true, c.block(grpcHeaders(grpcPathCheck)...), 0)
+	c.expectGoAway(http2.ErrCodeProtocol)
+
+	for r, n := range before {
+		if got := count(r); got != n+1 {
+			t.Errorf("refusals{reason=%q} went from %v to %v, want one more", r, n, got)
+		}
+	}
 }

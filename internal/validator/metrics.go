@@ -18,6 +18,7 @@ type metrics struct {
 	latency   *prometheus.HistogramVec
 	cache     *prometheus.CounterVec
 	fetches   *prometheus.CounterVec
+	refusals  *prometheus.CounterVec
 
 	cacheHit, cacheMiss prometheus.Counter
 
@@ -42,7 +43,7 @@ var (
 func defaultMetrics() *metrics {
 	metricsOnce.Do(func() {
 		sharedMetrics = newMetrics()
-		ctrlmetrics.Registry.MustRegister(sharedMetrics.decisions, sharedMetrics.latency, sharedMetrics.cache, sharedMetrics.fetches)
+		ctrlmetrics.Registry.MustRegister(sharedMetrics.decisions, sharedMetrics.latency, sharedMetrics.cache, sharedMetrics.fetches, sharedMetrics.refusals)
 	})
 	return sharedMetrics
 }
@@ -66,6 +67,11 @@ func newMetrics() *metrics {
 			Name: "keyward_validator_jwks_fetches_total",
 			Help: "JWKS fetches of external issuers by result (success, error).",
 		}, []string{"result"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyward_validator_grpc_refusals_total",
+			Help: "Requests and connections the gRPC transport refused before any decision, by reason: " +
+				"goaway_<HTTP/2 error code> (connection ended), rst_<code> (stream reset), http_<status>, unimplemented, preface.",
+		}, []string{"reason"}),
 	}
 	m.children.Store(&map[decisionKey]decisionSeries{})
 	m.cacheHit = m.cache.WithLabelValues("hit")
@@ -124,6 +130,13 @@ func (m *metrics) cacheResult(hit bool) {
 	} else {
 		m.cacheMiss.Inc()
 	}
+}
+
+func (m *metrics) grpcRefusal(reason string) {
+	if m == nil {
+		return
+	}
+	m.refusals.WithLabelValues(reason).Inc()
 }
 
 func (m *metrics) jwksFetch(result string) {
