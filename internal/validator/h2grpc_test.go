@@ -2094,7 +2094,7 @@ func FuzzH2Conn(f *testing.F) {
 func TestH2RefusalsAreCounted(t *testing.T) {
 	f := newFixture(t)
 	_, addr := startH2(t, f)
-	m := f.v.Checker.metrics
+	m := f.v.metrics
 	count := func(reason string) float64 {
 		var out dto.Metric
 		if err := m.refusals.WithLabelValues(reason).Write(&out); err != nil {
