@@ -2,7 +2,6 @@ package validator
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/http"
 	"time"
@@ -183,15 +182,9 @@ func (s *grpcServer) Start(ctx context.Context) error {
 	if !waitSynced(ctx, s.waitFor) {
 		return nil
 	}
-	ln, err := net.Listen("tcp", s.addr)
+	ln, err := listen(s.addr, s.wrap, s.ready)
 	if err != nil {
-		return fmt.Errorf("cannot listen on %s: %w", s.addr, err)
-	}
-	if s.wrap != nil {
-		ln = s.wrap(ln)
-	}
-	if s.ready != nil {
-		s.ready(ln.Addr())
+		return err
 	}
 	transport := s.transport
 	if transport == "" {
@@ -202,12 +195,8 @@ func (s *grpcServer) Start(ctx context.Context) error {
 		return s.serveGRPCGo(ctx, ln)
 	}
 	srv := newH2Server(s.checker, s.log)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("gRPC authorization server failed: %w", err)
-	case <-ctx.Done():
+	if err := serveUntilDone(ctx, "gRPC authorization server", func() error { return srv.Serve(ln) }); err != nil {
+		return err
 	}
 	_ = ln.Close()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), grpcShutdownWait)
@@ -238,12 +227,8 @@ func (s *grpcServer) serveGRPCGo(ctx context.Context, ln net.Listener) error {
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(authv3.Authorization_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(srv, hs)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("gRPC authorization server failed: %w", err)
-	case <-ctx.Done():
+	if err := serveUntilDone(ctx, "gRPC authorization server", func() error { return srv.Serve(ln) }); err != nil {
+		return err
 	}
 	hs.Shutdown()
 	stopped := make(chan struct{})

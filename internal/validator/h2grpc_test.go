@@ -234,41 +234,32 @@ func TestH2GRPCConcurrent(t *testing.T) {
 			authz, health := authv3.NewAuthorizationClient(conn), healthpb.NewHealthClient(conn)
 			ctx, cancel := context.WithTimeout(context.Background(), 4*h2TestWait)
 			defer cancel()
-			var wg sync.WaitGroup
-			errs := make(chan string, 200)
-			for g := range 200 {
-				wg.Go(func() {
-					for i := range 20 {
-						var why string
-						switch (g + i) % 3 {
-						case 0:
-							resp, err := authz.Check(ctx, allow)
-							if why = fmt.Sprint(err); err == nil {
-								why = checkAllowed(resp)
-							}
-						case 1:
-							resp, err := authz.Check(ctx, deny)
-							if why = fmt.Sprint(err); err == nil {
-								why = checkDenied(resp, codes.Unauthenticated, typev3.StatusCode_Unauthorized)
-							}
-						default:
-							h, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
-							if why = fmt.Sprint(err); err == nil && h.GetStatus() == healthpb.HealthCheckResponse_SERVING {
-								why = ""
-							}
+			concurrently(t, 200, func(g int) string {
+				for i := range 20 {
+					var why string
+					switch (g + i) % 3 {
+					case 0:
+						resp, err := authz.Check(ctx, allow)
+						if why = fmt.Sprint(err); err == nil {
+							why = checkAllowed(resp)
 						}
-						if why != "" {
-							errs <- fmt.Sprintf("goroutine %d call %d: %s", g, i, why)
-							return
+					case 1:
+						resp, err := authz.Check(ctx, deny)
+						if why = fmt.Sprint(err); err == nil {
+							why = checkDenied(resp, codes.Unauthenticated, typev3.StatusCode_Unauthorized)
+						}
+					default:
+						h, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
+						if why = fmt.Sprint(err); err == nil && h.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+							why = ""
 						}
 					}
-				})
-			}
-			wg.Wait()
-			close(errs)
-			for e := range errs {
-				t.Error(e)
-			}
+					if why != "" {
+						return fmt.Sprintf("goroutine %d call %d: %s", g, i, why)
+					}
+				}
+				return ""
+			})
 		})
 	}
 }
@@ -285,23 +276,16 @@ func TestH2GRPCLargeConcurrent(t *testing.T) {
 			authz := authv3.NewAuthorizationClient(conn)
 			ctx, cancel := context.WithTimeout(context.Background(), 2*h2TestWait)
 			defer cancel()
-			var wg sync.WaitGroup
-			errs := make(chan string, 8)
-			for i := range 8 {
-				wg.Go(func() {
-					resp, err := authz.Check(ctx, req)
-					if err != nil {
-						errs <- fmt.Sprintf("call %d: %v", i, err)
-					} else if why := checkAllowed(resp); why != "" {
-						errs <- fmt.Sprintf("call %d: %s", i, why)
-					}
-				})
-			}
-			wg.Wait()
-			close(errs)
-			for e := range errs {
-				t.Error(e)
-			}
+			concurrently(t, 8, func(i int) string {
+				resp, err := authz.Check(ctx, req)
+				if err != nil {
+					return fmt.Sprintf("call %d: %v", i, err)
+				}
+				if why := checkAllowed(resp); why != "" {
+					return fmt.Sprintf("call %d: %s", i, why)
+				}
+				return ""
+			})
 		})
 	}
 }
@@ -357,33 +341,45 @@ func TestH2GRPCLargeInterleaved(t *testing.T) {
 				}
 				streams[i] = s
 			}
-			var wg sync.WaitGroup
-			errs := make(chan string, n)
-			for i, s := range streams {
-				wg.Go(func() {
-					var out []byte
-					if err := s.CloseSend(); err != nil {
-						errs <- fmt.Sprintf("stream %d: %v", i, err)
-						return
-					}
-					if err := s.RecvMsg(&out); err != nil {
-						errs <- fmt.Sprintf("stream %d: %v", i, err)
-						return
-					}
-					var resp authv3.CheckResponse
-					if err := proto.Unmarshal(out, &resp); err != nil {
-						errs <- fmt.Sprintf("stream %d: %v", i, err)
-					} else if why := checkAllowed(&resp); why != "" {
-						errs <- fmt.Sprintf("stream %d: %s", i, why)
-					}
-				})
-			}
-			wg.Wait()
-			close(errs)
-			for e := range errs {
-				t.Error(e)
+			concurrently(t, n, func(i int) string {
+				s := streams[i]
+				var out []byte
+				if err := s.CloseSend(); err != nil {
+					return fmt.Sprintf("stream %d: %v", i, err)
+				}
+				if err := s.RecvMsg(&out); err != nil {
+					return fmt.Sprintf("stream %d: %v", i, err)
+				}
+				var resp authv3.CheckResponse
+				if err := proto.Unmarshal(out, &resp); err != nil {
+					return fmt.Sprintf("stream %d: %v", i, err)
+				}
+				if why := checkAllowed(&resp); why != "" {
+					return fmt.Sprintf("stream %d: %s", i, why)
+				}
+				return ""
+			})
+		})
+	}
+}
+
+// concurrently runs call(0) ... call(n-1) at once and reports what each returns that is
+// not empty as an error.
+func concurrently(t *testing.T, n int, call func(i int) string) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan string, n)
+	for i := range n {
+		wg.Go(func() {
+			if why := call(i); why != "" {
+				errs <- why
 			}
 		})
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
 	}
 }
 

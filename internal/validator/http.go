@@ -333,23 +333,13 @@ func (s *httpServer) Start(ctx context.Context) error {
 		return nil
 	}
 	srv := newFastHTTPServer(s.handler, s.log)
-	ln, err := net.Listen("tcp", s.addr)
+	ln, err := listen(s.addr, s.wrap, s.ready)
 	if err != nil {
-		return fmt.Errorf("cannot listen on %s: %w", s.addr, err)
-	}
-	if s.wrap != nil {
-		ln = s.wrap(ln)
-	}
-	if s.ready != nil {
-		s.ready(ln.Addr())
+		return err
 	}
 	s.log.Info("Serving HTTP forward auth", "address", ln.Addr().String(), "path", AuthzPathPrefix)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("HTTP forward auth server failed: %w", err)
-	case <-ctx.Done():
+	if err := serveUntilDone(ctx, "HTTP forward auth server", func() error { return srv.Serve(ln) }); err != nil {
+		return err
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), httpShutdownWait)
 	defer cancel()

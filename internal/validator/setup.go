@@ -248,6 +248,35 @@ func waitSynced(ctx context.Context, synced <-chan struct{}) bool {
 	}
 }
 
+// listen opens a server's listener on addr, wrapped by wrap (TLS) if set; ready, if set,
+// learns its address.
+func listen(addr string, wrap func(net.Listener) net.Listener, ready func(net.Addr)) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("cannot listen on %s: %w", addr, err)
+	}
+	if wrap != nil {
+		ln = wrap(ln)
+	}
+	if ready != nil {
+		ready(ln.Addr())
+	}
+	return ln, nil
+}
+
+// serveUntilDone runs serve on a goroutine until ctx ends (nil) or serve returns first
+// (its error, naming the server).
+func serveUntilDone(ctx context.Context, server string, serve func() error) error {
+	errc := make(chan error, 1)
+	go func() { errc <- serve() }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("%s failed: %w", server, err)
+	case <-ctx.Done():
+		return nil
+	}
+}
+
 // runnableFunc is a manager runnable that runs on every replica.
 type runnableFunc func(context.Context) error
 
