@@ -26,18 +26,19 @@ import (
 
 // h2grpc.go is the gRPC front end's transport (ADR 0014): an HTTP/2 server that serves
 // exactly the unary methods the validator has, Authorization/Check and Health/Check. Frames
-// are read and header blocks decoded by golang.org/x/net/http2's Framer (frame validation,
-// CONTINUATION, HPACK and its limits); this file keeps the connection's state (streams, flow
-// control, settings) and writes the few frames it answers with. Each connection has one
-// goroutine, which reads, decides (a cached check takes a few microseconds) and answers; the
-// answers of the requests that arrived together leave in one write. A check that would wait
-// (an external issuer's keys being fetched) runs on a goroutine of its own, so a connection
-// never stalls behind it.
+// are read and checked by golang.org/x/net/http2's Framer and header blocks decoded by its
+// hpack decoder; this file keeps the connection's state (streams, flow control, settings)
+// and writes the few frames it answers with. Each connection has one goroutine, which
+// reads, decides (a cached check takes a few microseconds) and writes each check's answer
+// as soon as it is decided; other frames' answers (SETTINGS and PING acknowledgements,
+// WINDOW_UPDATE) leave with it or before the next read that may wait. A check that would
+// wait (an external issuer's keys being fetched) runs on a goroutine of its own, so a
+// connection never stalls behind it.
 
 // Methods served.
 const (
-	grpcPathCheck       = "/" + "envoy.service.auth.v3.Authorization" + "/Check"
-	grpcPathHealthCheck = "/grpc.health.v1.Health/Check"
+	grpcPathCheck       = authv3.Authorization_Check_FullMethodName
+	grpcPathHealthCheck = healthpb.Health_Check_FullMethodName
 )
 
 // Limits and settings of the transport.
