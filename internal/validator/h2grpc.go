@@ -63,11 +63,11 @@ const (
 	h2MaxHeaderList = 16 << 10
 	// h2PrefaceTimeout bounds the wait for a new connection's preface and first SETTINGS.
 	h2PrefaceTimeout = 10 * time.Second
-	// h2WriteTimeout bounds one write to the connection; a client that does not read its
-	// answers is disconnected.
+	// h2WriteTimeout bounds a write to the connection (each write has at least half of it): a
+	// client that does not read its answers is disconnected.
 	h2WriteTimeout = 10 * time.Second
-	// h2IdleTimeout closes a connection with no open stream and nothing received for this
-	// long (Envoy reconnects when it needs to).
+	// h2IdleTimeout closes a connection on which nothing arrived for this long, give or take
+	// a minute (Envoy reconnects when it needs to).
 	h2IdleTimeout = 10 * time.Minute
 	h2ReadBuffer  = 32 << 10
 )
@@ -204,10 +204,12 @@ type h2Conn struct {
 	peerWindow   int64 // the client's SETTINGS_INITIAL_WINDOW_SIZE
 	peerMaxFrame int   // the client's SETTINGS_MAX_FRAME_SIZE
 	blocked      []*h2Stream
-	async        int  // checks running on their own goroutines
-	started      bool // the server's SETTINGS are written
-	goingAway    bool
-	closed       bool
+	async        int // checks running on their own goroutines
+	// The deadlines last set on the connection (extendReadDeadlineLocked, flushLocked).
+	readDeadline, writeDeadline time.Time
+	started                     bool // the server's SETTINGS are written
+	goingAway                   bool
+	closed                      bool
 }
 
 func newH2Conn(s *h2Server, nc net.Conn) *h2Conn {
@@ -249,7 +251,7 @@ func (c *h2Conn) serve() {
 			done := c.closed || (c.goingAway && len(c.streams) == 0 && c.async == 0)
 			if !done {
 				// Under c.mu, so that goAway's wake-up (a deadline of now) is not undone.
-				_ = c.nc.SetReadDeadline(time.Now().Add(h2IdleTimeout))
+				c.extendReadDeadlineLocked()
 			}
 			c.mu.Unlock()
 			if done {
@@ -268,6 +270,15 @@ func (c *h2Conn) serve() {
 		if closed {
 			return
 		}
+	}
+}
+
+// extendReadDeadlineLocked keeps the read deadline h2IdleTimeout ahead, moving it at most
+// once a minute rather than before every read.
+func (c *h2Conn) extendReadDeadlineLocked() {
+	if now := time.Now(); c.readDeadline.Sub(now) < h2IdleTimeout-time.Minute {
+		c.readDeadline = now.Add(h2IdleTimeout)
+		_ = c.nc.SetReadDeadline(c.readDeadline)
 	}
 }
 
@@ -319,7 +330,7 @@ func (c *h2Conn) handshake() error {
 	if !ok || sf.IsAck() {
 		return errors.New("the client preface is not followed by SETTINGS")
 	}
-	_ = c.nc.SetDeadline(time.Time{})
+	_ = c.nc.SetReadDeadline(time.Time{}) // the write deadline is flushLocked's (c.writeDeadline)
 	c.mu.Lock()
 	c.frameLocked(sf)
 	c.mu.Unlock()
@@ -925,7 +936,11 @@ func (c *h2Conn) flushLocked() {
 		c.wbuf = c.wbuf[:0]
 		return
 	}
-	_ = c.nc.SetWriteDeadline(time.Now().Add(h2WriteTimeout))
+	if now := time.Now(); c.writeDeadline.Sub(now) < h2WriteTimeout/2 {
+		// Moved only when less than half of it is left: not a timer change per write.
+		c.writeDeadline = now.Add(h2WriteTimeout)
+		_ = c.nc.SetWriteDeadline(c.writeDeadline)
+	}
 	if _, err := c.nc.Write(c.wbuf); err != nil {
 		c.closed = true
 		_ = c.nc.Close()
