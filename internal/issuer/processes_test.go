@@ -3,7 +3,6 @@ package issuer_test
 import (
 	"bytes"
 	"fmt"
-	"net"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +16,8 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/keyward/keyward/internal/testenv"
+
+	"github.com/keyward/keyward/internal/testsupport"
 )
 
 // writeKubeconfig writes a kubeconfig for the test control plane.
@@ -46,20 +47,10 @@ func buildKeyward(t *testing.T) string {
 	return bin
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // startIssuerProcess runs `keyward issuer` and returns its address once it serves f.
 func startIssuerProcess(t *testing.T, bin, kubeconfig string, f *fixture) string {
 	t.Helper()
-	addr := freePort(t)
+	addr := testsupport.MustFreeAddr(t)
 	var logs bytes.Buffer
 	var mu sync.Mutex
 	cmd := exec.Command(bin, "issuer", "--kubeconfig", kubeconfig, "--issuer-addr", addr,

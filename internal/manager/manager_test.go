@@ -25,6 +25,8 @@ import (
 	"github.com/keyward/keyward/internal/manager"
 	"github.com/keyward/keyward/internal/testenv"
 	"github.com/keyward/keyward/internal/validator"
+
+	"github.com/keyward/keyward/internal/testsupport"
 )
 
 var env *testenv.Env
@@ -53,16 +55,6 @@ func roleRules(t *testing.T, role string) []rbacv1.PolicyRule {
 	return cr.Rules
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func createNamespace(t *testing.T, name string) {
 	t.Helper()
 	err := env.Client.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
@@ -85,7 +77,7 @@ func startRole(t *testing.T, role, user string, namespaces ...string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	probes := freeAddr(t)
+	probes := testsupport.MustFreeAddr(t)
 	mgr, err := manager.New(cfg, manager.Options{
 		MetricsBindAddress: "0", HealthProbeBindAddress: probes, Namespaces: namespaces,
 		SkipControllerNameValidation: true,

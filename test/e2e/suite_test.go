@@ -30,6 +30,8 @@ import (
 
 	"github.com/keyward/keyward/internal/manager"
 	"github.com/keyward/keyward/internal/testenv"
+
+	"github.com/keyward/keyward/internal/testsupport"
 )
 
 // nginxBin is Debian's nginx; auth_request is built in.
@@ -176,15 +178,6 @@ func setup(ctx context.Context, dir string) (stop func(), err error) {
 	return stop, err
 }
 
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().String(), nil
-}
-
 // writeKubeconfig writes envtest's client credentials for the validator processes.
 func writeKubeconfig(path string) error {
 	cfg := env.Config
@@ -200,7 +193,7 @@ func startValidator(ctx context.Context, dir, bin, kubeconfig, name, trusted str
 	v := &validatorProc{name: name}
 	var err error
 	for _, a := range []*string{&v.httpAddr, &v.grpcAddr, &v.probeAddr} {
-		if *a, err = freeAddr(); err != nil {
+		if *a, err = testsupport.FreeAddr(); err != nil {
 			return nil, err
 		}
 	}
@@ -231,7 +224,7 @@ func startIssuer(ctx context.Context, dir, bin, kubeconfig string) (*validatorPr
 	p := &validatorProc{name: "issuer"}
 	var err error
 	for _, a := range []*string{&p.httpAddr, &p.probeAddr} {
-		if *a, err = freeAddr(); err != nil {
+		if *a, err = testsupport.FreeAddr(); err != nil {
 			return nil, err
 		}
 	}
@@ -304,7 +297,7 @@ func nginxConf(validatorAddr, upstreamAddr, listen string) ([]byte, error) {
 }
 
 func startNginx(dir, validatorAddr, upstreamAddr string) (func(), error) {
-	listen, err := freeAddr()
+	listen, err := testsupport.FreeAddr()
 	if err != nil {
 		return nil, err
 	}

@@ -63,7 +63,7 @@ func TestTLSListeners(t *testing.T) {
 	}
 	iss := &validatorProc{name: "issuer-tls"}
 	for _, a := range []*string{&iss.httpAddr, &iss.probeAddr} {
-		if *a, err = freeAddr(); err != nil {
+		if *a, err = testsupport.FreeAddr(); err != nil {
 			t.Fatal(err)
 		}
 	}

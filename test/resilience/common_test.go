@@ -273,7 +273,13 @@ func check(ctx context.Context, addr, tok string) (int, error) {
 
 // checkHost is check for another host.
 func checkHost(ctx context.Context, addr, host, tok string) (int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/authz/api/items", nil)
+	return get(ctx, "http://"+addr+"/authz/api/items", host, tok)
+}
+
+// get sends GET url with Host host and, unless tok is empty, the bearer token; it returns
+// the status once the body is read.
+func get(ctx context.Context, url, host, tok string) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return 0, err
 	}

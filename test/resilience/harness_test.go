@@ -35,6 +35,8 @@ import (
 
 	"github.com/keyward/keyward/internal/scheme"
 	"github.com/keyward/keyward/internal/testenv"
+
+	"github.com/keyward/keyward/internal/testsupport"
 )
 
 // proc is a child process in a process group of its own, so that a kill reaches everything
@@ -143,25 +145,6 @@ func (p *proc) tail(n int) string {
 	return string(data)
 }
 
-// freeAddr returns 127.0.0.1:<a free port>.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().String(), nil
-}
-
-func mustFreeAddr(t *testing.T) string {
-	t.Helper()
-	a, err := freeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
-}
-
 // controlPlane is etcd and kube-apiserver as processes, started like `hack/control-plane.sh
 // up` starts them (static token of a system:masters user, RBAC, a service-account key), with
 // a data directory that survives a stop, so that both can be stopped and started again.
@@ -176,15 +159,15 @@ type controlPlane struct {
 
 func startControlPlane(binDir, dir string) (*controlPlane, error) {
 	cp := &controlPlane{dir: dir}
-	etcdAddr, err := freeAddr()
+	etcdAddr, err := testsupport.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	peerAddr, err := freeAddr()
+	peerAddr, err := testsupport.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
-	if cp.apiAddr, err = freeAddr(); err != nil {
+	if cp.apiAddr, err = testsupport.FreeAddr(); err != nil {
 		return nil, err
 	}
 	_, apiPort, _ := net.SplitHostPort(cp.apiAddr)
@@ -329,15 +312,15 @@ type kwProc struct {
 // and stops it (SIGTERM) when the test ends. It does not wait for readiness.
 func startKeyward(t *testing.T, name, role string, extra ...string) *kwProc {
 	t.Helper()
-	k := &kwProc{role: role, probeAddr: mustFreeAddr(t), metricsAddr: mustFreeAddr(t)}
+	k := &kwProc{role: role, probeAddr: testsupport.MustFreeAddr(t), metricsAddr: testsupport.MustFreeAddr(t)}
 	args := []string{role, "--kubeconfig", cp.kubeconfig, "--public-url", publicURL,
 		"--health-probe-bind-address", k.probeAddr, "--metrics-bind-address", k.metricsAddr}
 	switch role {
 	case "issuer":
-		k.httpAddr = mustFreeAddr(t)
+		k.httpAddr = testsupport.MustFreeAddr(t)
 		args = append(args, "--issuer-addr", k.httpAddr)
 	case "validator":
-		k.httpAddr, k.grpcAddr = mustFreeAddr(t), mustFreeAddr(t)
+		k.httpAddr, k.grpcAddr = testsupport.MustFreeAddr(t), testsupport.MustFreeAddr(t)
 		args = append(args, "--authz-addr", k.httpAddr, "--authz-grpc-addr", k.grpcAddr)
 	}
 	args = append(args, extra...)

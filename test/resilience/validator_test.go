@@ -3,7 +3,6 @@ package resilience
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +12,8 @@ import (
 	"testing"
 	"text/template"
 	"time"
+
+	"github.com/keyward/keyward/internal/testsupport"
 )
 
 // nginxConf is the README's nginx auth_request integration with two validator replicas as
@@ -82,7 +83,7 @@ func startNginx(t *testing.T, v1, v2, upstream string) string {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	listen := mustFreeAddr(t)
+	listen := testsupport.MustFreeAddr(t)
 	conf := filepath.Join(dir, "nginx.conf")
 	f, err := os.Create(conf)
 	if err != nil {
@@ -112,19 +113,7 @@ func startNginx(t *testing.T, v1, v2, upstream string) string {
 
 // viaNginx sends a request for appHost through nginx.
 func viaNginx(ctx context.Context, addr, tok string) (int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/api/items", nil)
-	if err != nil {
-		return 0, err
-	}
-	req.Host = appHost
-	req.Header.Set("Authorization", "Bearer "+tok)
-	resp, err := authzClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	_, err = io.ReadAll(resp.Body)
-	return resp.StatusCode, err
+	return get(ctx, "http://"+addr+"/api/items", appHost, tok)
 }
 
 // probe records what one validator answers to a valid token, directly, every 20 ms, and

@@ -41,6 +41,8 @@ import (
 	keywardv1 "github.com/keyward/keyward/api/v1alpha1"
 	"github.com/keyward/keyward/internal/scheme"
 	"github.com/keyward/keyward/internal/testenv"
+
+	"github.com/keyward/keyward/internal/testsupport"
 )
 
 // chartRelease names a release of the chart and the objects it creates. Each test installs its
@@ -95,16 +97,6 @@ func eventually(t *testing.T, timeout time.Duration, f func(ctx context.Context)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().String()
 }
 
 // helmPath is the pinned helm `make test` passes in $HELM, else helm on $PATH.
@@ -261,7 +253,7 @@ func TestChartWebhookWithTheBinary(t *testing.T) {
 	}
 
 	// The chart's objects the webhook needs, the webhook configuration calling a loopback port.
-	webhookAddr := freeAddr(t)
+	webhookAddr := testsupport.MustFreeAddr(t)
 	_, webhookPort, _ := net.SplitHostPort(webhookAddr)
 	var args []string
 	var vwc *admissionregistrationv1.ValidatingWebhookConfiguration
@@ -306,7 +298,7 @@ func TestChartWebhookWithTheBinary(t *testing.T) {
 		t.Fatalf("cannot build keyward: %v\n%s", err, out)
 	}
 	kubeconfigAs(t, filepath.Join(dir, "kubeconfig"), rel.controllerUser)
-	probeAddr := freeAddr(t)
+	probeAddr := testsupport.MustFreeAddr(t)
 	args = setFlag(args, "webhook-port", webhookPort)
 	args = setFlag(args, "health-probe-bind-address", probeAddr)
 	args = setFlag(args, "metrics-bind-address", "0")
