@@ -99,6 +99,7 @@ FUZZ_TARGETS := \
 	internal/validator:FuzzCheckRequestWire \
 	internal/validator:FuzzCheck \
 	internal/validator:FuzzH2Conn \
+	internal/validator:FuzzHTTPLoop \
 	internal/issuer:FuzzRequestBodies \
 	internal/keys:FuzzParseImport
 FUZZTIME ?= 60s

@@ -280,6 +280,12 @@ type httpServer struct {
 	wrap func(net.Listener) net.Listener
 	// waitFor, if set, delays listening until it is closed (the validator's state synced).
 	waitFor <-chan struct{}
+	// transport is HTTPTransportKeyward (the default when empty) or HTTPTransportFastHTTP,
+	// which a TLS listener (wrap set) always gets.
+	transport string
+	// eventLoops is the number of event loops of HTTPTransportKeyward;
+	// DefaultHTTPEventLoops when zero.
+	eventLoops int
 }
 
 func (s *httpServer) NeedLeaderElection() bool { return false }
@@ -332,12 +338,22 @@ func (s *httpServer) Start(ctx context.Context) error {
 	if !waitSynced(ctx, s.waitFor) {
 		return nil
 	}
-	srv := newFastHTTPServer(s.handler, s.log)
 	ln, err := listen(s.addr, s.wrap, s.ready)
 	if err != nil {
 		return err
 	}
-	s.log.Info("Serving HTTP forward auth", "address", ln.Addr().String(), "path", AuthzPathPrefix)
+	transport := s.transport
+	if transport == "" {
+		transport = HTTPTransportKeyward
+	}
+	if s.wrap != nil {
+		transport = HTTPTransportFastHTTP
+	}
+	s.log.Info("Serving HTTP forward auth", "address", ln.Addr().String(), "path", AuthzPathPrefix, "transport", transport)
+	if transport == HTTPTransportKeyward {
+		return newLoopServer(s.handler, s.log, s.eventLoops).serve(ctx, ln)
+	}
+	srv := newFastHTTPServer(s.handler, s.log)
 	if err := serveUntilDone(ctx, "HTTP forward auth server", func() error { return srv.Serve(ln) }); err != nil {
 		return err
 	}

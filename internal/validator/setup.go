@@ -47,6 +47,12 @@ type Options struct {
 	GRPCAddr string
 	// GRPCTransport is the gRPC server: GRPCTransportKeyward (default) or GRPCTransportGRPCGo.
 	GRPCTransport string
+	// HTTPTransport is the HTTP server: HTTPTransportKeyward (default; event loops, plain
+	// TCP only) or HTTPTransportFastHTTP, which also serves HTTPTLS.
+	HTTPTransport string
+	// HTTPEventLoops is the number of event loops of HTTPTransportKeyward;
+	// DefaultHTTPEventLoops() when zero.
+	HTTPEventLoops int
 	// HTTPTLS and GRPCTLS, when set, make the HTTP and gRPC listeners serve TLS with these
 	// configurations (tlsreload.Source.ServerConfig: reloaded certificates, TLS 1.2 at least,
 	// client certificates for mutual TLS). The gRPC one must offer ALPN "h2".
@@ -185,7 +191,7 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 	}
 	if o.AuthzAddr != "" {
 		h := &httpHandler{checker: v.Checker, trusted: o.TrustedProxies, log: log}
-		if err := mgr.Add(&httpServer{addr: o.AuthzAddr, handler: h, log: log, ready: listening("http"), waitFor: v.synced, wrap: tlsListener(o.HTTPTLS)}); err != nil {
+		if err := mgr.Add(&httpServer{addr: o.AuthzAddr, handler: h, log: log, ready: listening("http"), waitFor: v.synced, wrap: tlsListener(o.HTTPTLS), transport: o.HTTPTransport, eventLoops: o.HTTPEventLoops}); err != nil {
 			return fmt.Errorf("cannot add HTTP forward auth server: %w", err)
 		}
 	}
