@@ -100,6 +100,7 @@ FUZZ_TARGETS := \
 	internal/validator:FuzzCheck \
 	internal/validator:FuzzH2Conn \
 	internal/validator:FuzzHTTPLoop \
+	internal/validator:FuzzH2Loop \
 	internal/issuer:FuzzRequestBodies \
 	internal/keys:FuzzParseImport
 FUZZTIME ?= 60s

@@ -22,7 +22,7 @@ type validatorFlags struct {
 	grpcClientCA   string
 	grpcTransport  string
 	httpTransport  string
-	httpLoops      int
+	eventLoops     int
 }
 
 func (f *validatorFlags) bind(fs *flag.FlagSet) {
@@ -30,7 +30,7 @@ func (f *validatorFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.grpcAddr, "authz-grpc-addr", validator.DefaultGRPCAddr, "Address of the Envoy ext_authz v3 gRPC service and gRPC health; empty disables it.")
 	fs.StringVar(&f.grpcTransport, "authz-grpc-transport", validator.GRPCTransportKeyward, "gRPC server of the ext_authz service: keyward (its own unary HTTP/2 server, the faster) or grpc-go (also serves Health/Watch).")
 	fs.StringVar(&f.httpTransport, "authz-http-transport", validator.HTTPTransportKeyward, "HTTP server of the forward-auth endpoint: keyward (event loops, the faster) or fasthttp; with --authz-tls-cert it is always fasthttp.")
-	fs.IntVar(&f.httpLoops, "authz-http-event-loops", 0, "Event loops of the keyward HTTP transport; 0 is half the usable CPUs, at least 1.")
+	fs.IntVar(&f.eventLoops, "authz-event-loops", 0, "Event loops of each keyward transport (HTTP, and gRPC without TLS); 0 is half the usable CPUs, at least 1.")
 	fs.StringVar(&f.trustedProxies, "trusted-proxies", "127.0.0.0/8,::1/128", "Comma-separated CIDRs of the proxies whose X-Forwarded-* and X-Original-* headers are trusted; empty trusts none.")
 	fs.BoolVar(&f.allowUnmatched, "allow-unmatched", false, "Allow requests to hosts no AccessPolicy names; denied by default.")
 	fs.BoolVar(&f.allowHSKeys, "allow-hs-keys", false, "Read SigningKey key-set Secrets to validate HS256/384/512 tokens; needs Secret read permission.")
@@ -46,7 +46,7 @@ func (f *validatorFlags) options(publicURL string, namespaces []string) (validat
 		GRPCAddr:       f.grpcAddr,
 		GRPCTransport:  f.grpcTransport,
 		HTTPTransport:  f.httpTransport,
-		HTTPEventLoops: f.httpLoops,
+		EventLoops:     f.eventLoops,
 		PublicURL:      publicURL,
 		AllowUnmatched: f.allowUnmatched,
 		AllowHSKeys:    f.allowHSKeys,
@@ -70,8 +70,8 @@ func (f *validatorFlags) options(publicURL string, namespaces []string) (validat
 	if f.httpTransport != validator.HTTPTransportKeyward && f.httpTransport != validator.HTTPTransportFastHTTP {
 		return o, fmt.Errorf("invalid --authz-http-transport %q: keyward or fasthttp", f.httpTransport)
 	}
-	if f.httpLoops < 0 || f.httpLoops > 1024 {
-		return o, fmt.Errorf("invalid --authz-http-event-loops %d: 0 to 1024", f.httpLoops)
+	if f.eventLoops < 0 || f.eventLoops > 1024 {
+		return o, fmt.Errorf("invalid --authz-event-loops %d: 0 to 1024", f.eventLoops)
 	}
 	if f.grpcTransport != validator.GRPCTransportKeyward && f.grpcTransport != validator.GRPCTransportGRPCGo {
 		return o, fmt.Errorf("invalid --authz-grpc-transport %q: keyward or grpc-go", f.grpcTransport)

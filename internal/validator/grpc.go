@@ -167,6 +167,9 @@ type grpcServer struct {
 	waitFor <-chan struct{}
 	// transport is GRPCTransportKeyward (the default when empty) or GRPCTransportGRPCGo.
 	transport string
+	// eventLoops is the number of event loops of GRPCTransportKeyward on plain TCP
+	// (DefaultHTTPEventLoops when zero); on TLS it serves a goroutine per connection.
+	eventLoops int
 }
 
 // The gRPC transports (Options.GRPCTransport): keyward's own unary HTTP/2 server
@@ -195,6 +198,9 @@ func (s *grpcServer) Start(ctx context.Context) error {
 		return s.serveGRPCGo(ctx, ln)
 	}
 	srv := newH2Server(s.checker, s.log)
+	if s.wrap == nil {
+		return newH2LoopServer(srv, s.log, s.eventLoops).serve(ctx, ln)
+	}
 	if err := serveUntilDone(ctx, "gRPC authorization server", func() error { return srv.Serve(ln) }); err != nil {
 		return err
 	}

@@ -65,6 +65,11 @@ func newHeldOIDCServer(t *testing.T) *heldOIDCServer {
 // (an unknown kid triggering a refetch), which must not stall the other checks Envoy
 // multiplexes on the same connection. The waiting check is answered once the keys arrive.
 func TestGRPCCheckWaitingForExternalKeysDoesNotHoldTheConnection(t *testing.T) {
+	t.Run("event loop", func(t *testing.T) { testGRPCWaitingCheck(t, true) })
+	t.Run("goroutine per connection", func(t *testing.T) { testGRPCWaitingCheck(t, false) })
+}
+
+func testGRPCWaitingCheck(t *testing.T, loop bool) {
 	srv := newHeldOIDCServer(t)
 	k1, _ := externalKey(t)
 	srv.jwks = (&keysSet{k1}).jwks(t)
@@ -72,14 +77,20 @@ func TestGRPCCheckWaitingForExternalKeysDoesNotHoldTheConnection(t *testing.T) {
 	f.v.store.setPolicy(externalPolicy(srv.URL))
 	waitFetched(t, f)
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var addr string
+	if loop {
+		addr = startH2Loop(t, f)
+	} else {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		h2 := newH2Server(f.v.Checker, logr.Discard())
+		go func() { _ = h2.Serve(ln) }()
+		t.Cleanup(func() { _ = ln.Close(); h2.Shutdown(t.Context()) })
+		addr = ln.Addr().String()
 	}
-	h2 := newH2Server(f.v.Checker, logr.Discard())
-	go func() { _ = h2.Serve(ln) }()
-	t.Cleanup(func() { _ = ln.Close(); h2.Shutdown(t.Context()) })
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -102,6 +102,47 @@ func startH2(t testing.TB, f *fixture) (*h2Server, string) {
 	return srv, ln.Addr().String()
 }
 
+// startH2Loop serves the fixture's checker with the keyward transport on event loops (as
+// grpcServer does on plain TCP), on a loopback listener, until the test ends.
+func startH2Loop(t testing.TB, f *fixture) string {
+	addr, _ := startH2LoopStop(t, f)
+	return addr
+}
+
+// startH2LoopStop is startH2Loop with a graceful stop, which returns once the server has
+// stopped or wait ends.
+func startH2LoopStop(t testing.TB, f *fixture) (addr string, stop func(wait context.Context)) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	srv := newH2LoopServer(newH2Server(f.v.Checker, logr.Discard()), logr.Discard(), 1)
+	go func() { served <- srv.serve(ctx, ln) }()
+	var once sync.Once
+	stop = func(wait context.Context) {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-served:
+				if err != nil {
+					t.Errorf("serve: %v", err)
+				}
+			case <-wait.Done():
+				t.Error("the event-loop server did not stop")
+			}
+		})
+	}
+	t.Cleanup(func() {
+		wait, cancelWait := context.WithTimeout(context.Background(), grpcShutdownWait+h2TestWait)
+		defer cancelWait()
+		stop(wait)
+	})
+	return ln.Addr().String(), stop
+}
+
 func dialGRPC(t testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
 	if len(opts) == 0 {
@@ -1005,7 +1046,7 @@ func (a h2Answer) httpError(t testing.TB, status string) {
 // acknowledged.
 func TestH2ServerPreface(t *testing.T) {
 	f := newFixture(t)
-	_, addr := startH2(t, f)
+	addr := startH2Loop(t, f)
 	c := dialH2(t, addr)
 	want := []http2.Setting{
 		{ID: http2.SettingMaxConcurrentStreams, Val: h2MaxStreams},
@@ -1042,7 +1083,7 @@ func TestH2ServerPreface(t *testing.T) {
 func TestH2Fragmented(t *testing.T) {
 	f := newFixture(t)
 	tok := f.token(nil)
-	_, addr := startH2(t, f)
+	addr := startH2Loop(t, f)
 	c := dialH2(t, addr)
 	body := grpcFrame(mustWire(t, envoyCheckRequest("Bearer "+tok)))
 
@@ -1103,7 +1144,7 @@ func TestH2Fragmented(t *testing.T) {
 func TestH2GRPCErrors(t *testing.T) {
 	f := newFixture(t)
 	tok := f.token(nil)
-	_, addr := startH2(t, f)
+	addr := startH2Loop(t, f)
 	c := dialH2(t, addr)
 	body := grpcFrame(mustWire(t, envoyCheckRequest("Bearer "+tok)))
 	health := func(service string) []byte {
@@ -1161,7 +1202,7 @@ func TestH2GRPCErrors(t *testing.T) {
 func TestH2CheckDenied(t *testing.T) {
 	f := newFixture(t)
 	tok := f.token(nil)
-	_, addr := startH2(t, f)
+	addr := startH2Loop(t, f)
 	c := dialH2(t, addr)
 	msg := []byte(mustWire(t, envoyCheckRequest("Bearer "+tok)))
 	compressed := grpcFrame(msg)
@@ -1220,7 +1261,7 @@ func TestH2CheckDenied(t *testing.T) {
 func TestH2EarlyAnswers(t *testing.T) {
 	f := newFixture(t)
 	tok := f.token(nil)
-	_, addr := startH2(t, f)
+	addr := startH2Loop(t, f)
 	body := grpcFrame(mustWire(t, envoyCheckRequest("Bearer "+tok)))
 	oversized := binary.BigEndian.AppendUint32([]byte{0}, 2*h2MaxMessage)
 	oversized = append(oversized, bytes.Repeat([]byte{0x0a}, 100)...)
@@ -1297,7 +1338,7 @@ func TestH2EarlyAnswers(t *testing.T) {
 func TestH2SendWindow(t *testing.T) {
 	f := newFixture(t)
 	tok := f.token(nil)
-	_, addr := startH2(t, f)
+	addr := startH2Loop(t, f)
 	body := grpcFrame(mustWire(t, envoyCheckRequest("Bearer "+tok)))
 
 	t.Run("stream window", func(t *testing.T) {
@@ -1404,7 +1445,7 @@ func TestH2SendWindow(t *testing.T) {
 func TestH2MaxStreams(t *testing.T) {
 	f := newFixture(t)
 	tok := f.token(nil)
-	_, addr := startH2(t, f)
+	addr := startH2Loop(t, f)
 	body := grpcFrame(mustWire(t, envoyCheckRequest("Bearer "+tok)))
 	c := dialH2(t, addr)
 	_ = c.fr.WriteWindowUpdate(0, 1<<30) // the answers are more than 64 KiB
@@ -1444,7 +1485,7 @@ func TestH2MaxStreams(t *testing.T) {
 func TestH2ConnBuffer(t *testing.T) {
 	f := newFixture(t)
 	tok := f.token(nil)
-	_, addr := startH2(t, f)
+	addr := startH2Loop(t, f)
 	body := grpcFrame(mustWire(t, largeCheck(t, tok)))
 	fit := h2ConnBuffer / len(body) // requests that fit at once
 	n := fit + 2
@@ -1501,7 +1542,7 @@ func TestH2ConnBuffer(t *testing.T) {
 func TestH2StreamErrors(t *testing.T) {
 	f := newFixture(t)
 	tok := f.token(nil)
-	_, addr := startH2(t, f)
+	addr := startH2Loop(t, f)
 	body := grpcFrame(mustWire(t, envoyCheckRequest("Bearer "+tok)))
 	c := dialH2(t, addr)
 
@@ -1620,7 +1661,7 @@ func TestH2StreamErrors(t *testing.T) {
 func TestH2ConnectionErrors(t *testing.T) {
 	f := newFixture(t)
 	tok := f.token(nil)
-	_, addr := startH2(t, f)
+	addr := startH2Loop(t, f)
 	body := grpcFrame(mustWire(t, envoyCheckRequest("Bearer "+tok)))
 	kv := grpcHeaders(grpcPathCheck)
 	cases := []struct {
@@ -1687,7 +1728,7 @@ func TestH2ConnectionErrors(t *testing.T) {
 // SETTINGS (an HTTP/1.1 client, a port scanner) is closed and nothing is served on it.
 func TestH2BadPreface(t *testing.T) {
 	f := newFixture(t)
-	_, addr := startH2(t, f)
+	addr := startH2Loop(t, f)
 	preface := func(frames func(w *h2Writer)) []byte {
 		w := newH2Writer()
 		w.out.WriteString(http2.ClientPreface)
@@ -1731,7 +1772,7 @@ func TestH2BadPreface(t *testing.T) {
 func TestH2AnswersBeforePartialFrame(t *testing.T) {
 	f := newFixture(t)
 	tok := f.token(nil)
-	_, addr := startH2(t, f)
+	addr := startH2Loop(t, f)
 	c := dialH2(t, addr)
 	c.sync()
 	id := c.open(grpcPathHealthCheck, false)
@@ -1756,9 +1797,22 @@ func TestH2AnswersBeforePartialFrame(t *testing.T) {
 // retry them elsewhere), health checks say NOT_SERVING, and connections close once their
 // streams are done, which Shutdown waits for.
 func TestH2Shutdown(t *testing.T) {
+	t.Run("event loop", func(t *testing.T) { testH2Shutdown(t, true) })
+	t.Run("goroutine per connection", func(t *testing.T) { testH2Shutdown(t, false) })
+}
+
+func testH2Shutdown(t *testing.T, loop bool) {
 	f := newFixture(t)
 	tok := f.token(nil)
-	srv, addr := startH2(t, f)
+	var addr string
+	var shutdown func(context.Context)
+	if loop {
+		addr, shutdown = startH2LoopStop(t, f)
+	} else {
+		var srv *h2Server
+		srv, addr = startH2(t, f)
+		shutdown = srv.Shutdown
+	}
 	c := dialH2(t, addr)
 	idle := dialH2(t, addr)
 	check := c.open(grpcPathCheck, false)
@@ -1770,7 +1824,7 @@ func TestH2Shutdown(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*h2TestWait)
 		defer cancel()
-		srv.Shutdown(ctx)
+		shutdown(ctx)
 		close(done)
 	}()
 
@@ -1897,7 +1951,7 @@ func runH2Conn(t testing.TB, srv *h2Server, in []byte, chunk int) []byte {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		newH2Conn(srv, nc).serve()
+		newH2Conn(srv, nc, nc.RemoteAddr()).serve()
 	}()
 	select {
 	case <-done:
@@ -2084,12 +2138,49 @@ func FuzzH2Conn(f *testing.F) {
 	})
 }
 
+// FuzzH2Loop is FuzzH2Conn against the event-loop server over a real connection: the
+// frames arrive as the loop reads them, whatever their cut. The output must be well-formed,
+// the connection must end at the end of the input, and the server must serve the next
+// connection.
+func FuzzH2Loop(f *testing.F) {
+	fx := newFixture(f)
+	for _, s := range h2FuzzSeeds(grpcFrame(mustWire(f, envoyCheckRequest("Bearer "+fx.token(nil))))) {
+		f.Add(s)
+	}
+	addr := startH2Loop(f, fx)
+	f.Fuzz(func(t *testing.T, frames []byte) {
+		in := newH2Writer()
+		in.out.WriteString(http2.ClientPreface)
+		_ = in.fr.WriteSettings()
+		in.out.Write(frames)
+		nc, err := net.DialTimeout("tcp", addr, h2TestWait)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = nc.Close() }()
+		_ = nc.SetDeadline(time.Now().Add(h2TestWait))
+		go func() {
+			_, _ = nc.Write(in.out.Bytes())
+			_ = nc.(*net.TCPConn).CloseWrite()
+		}()
+		out, err := io.ReadAll(nc)
+		if err != nil && isNetTimeout(err) {
+			t.Fatalf("the connection did not end at the end of its input; read %x", out)
+		}
+		checkServerFrames(t, out)
+
+		c := dialH2(t, addr)
+		c.sync()
+		c.answer(c.open(grpcPathHealthCheck, true))
+	})
+}
+
 // TestH2RefusalsAreCounted: what the transport refuses before any decision is generic to
 // the client and specific in keyward_validator_grpc_refusals_total, so that an operator
 // sees a misconfigured or hostile client.
 func TestH2RefusalsAreCounted(t *testing.T) {
 	f := newFixture(t)
-	_, addr := startH2(t, f)
+	addr := startH2Loop(t, f)
 	m := f.v.metrics
 	count := func(reason string) float64 {
 		var out dto.Metric

@@ -38,19 +38,22 @@ const (
 	loopMaxOutbound = 1 << 20
 )
 
-// loopServer is the HTTP forward-auth server on gnet's event loops (ADR 0015). Connections
-// are accepted from the listener by a goroutine and handed to a few event loops, each a
-// goroutine that waits in epoll_wait, reads every ready connection, decides each complete
-// request on the spot (Checker.tryCheck) and writes its answer: no goroutine per
-// connection, so no park and wake-up per request. fasthttp parses the requests
-// (fasthttp.Request), so both transports read them alike. A check that would wait (an
-// external issuer's keys being fetched) runs on a goroutine of its own; its connection
-// reads no further request until it is answered.
+// loopServer serves a protocol (loopProto) on gnet's event loops (ADR 0015): HTTP forward
+// auth (httpProto) or the gRPC Check (h2Proto). Connections are accepted from the listener
+// by a goroutine and handed to a few event loops, each a goroutine that waits in
+// epoll_wait, reads every ready connection, decides each complete request on the spot
+// (Checker.tryCheck) and writes its answer: no goroutine per connection, so no park and
+// wake-up per request. The server owns what is common: accepting, the connections' limits
+// and timeouts (a reaper goroutine), and the graceful drain. For HTTP, fasthttp parses the
+// requests (fasthttp.Request), so both HTTP transports read them alike; a check that would
+// wait (an external issuer's keys being fetched) runs on a goroutine of its own, and its
+// connection reads no further request until it is answered.
 type loopServer struct {
 	gnet.BuiltinEventEngine
-	handler *httpHandler
-	log     logr.Logger
-	loops   int
+	proto loopProto
+	name  string // in errors: "HTTP forward auth server"
+	log   logr.Logger
+	loops int
 
 	// Timeouts, httpReadTimeout and so on unless a test sets them.
 	readTimeout, writeTimeout, idleTimeout, shutdownWait time.Duration
@@ -62,10 +65,35 @@ type loopServer struct {
 
 	mu    sync.Mutex
 	conns map[gnet.Conn]*loopConn
+	// open counts conns, without the lock.
+	open atomic.Int32
+}
+
+// loopProto is a protocol served on the event loops: HTTP/1.1 forward auth (httpProto) or
+// the gRPC Check over HTTP/2 (h2Proto, h2loop.go).
+type loopProto interface {
+	// conn is the state of a connection just accepted (on the accepting goroutine).
+	conn(nc net.Conn) *loopConn
+	// traffic handles what the connection holds, on its event loop, after a read or a
+	// wake-up: it answers what it can, and after s.draining is set winds the connection
+	// down. It returns gnet.Close to close it.
+	traffic(s *loopServer, c gnet.Conn, st *loopConn) gnet.Action
+	// busy reports whether the connection waits for work of its own (a check on a
+	// goroutine): no read or idle timeout applies to it meanwhile.
+	busy(st *loopConn) bool
+	// timedOut answers a request not received within the read timeout, if the protocol
+	// does, before the connection is closed.
+	timedOut(c gnet.Conn)
+	// closed learns that the connection is closed.
+	closed(st *loopConn)
 }
 
 // loopConn is a connection's state. Fields without a comment belong to its event loop.
 type loopConn struct {
+	// h2 is the HTTP/2 connection (h2Proto); looping is set while h2Proto.traffic holds
+	// its lock. The fields from trusted to closing are httpProto's.
+	h2      *h2Conn
+	looping bool
 	trusted bool
 	// pending: a check runs on a goroutine; its answer comes through AsyncWrite.
 	pending bool
@@ -80,6 +108,9 @@ type loopConn struct {
 	// connection to have its timeouts looked at.
 	active, partial, stuck atomic.Int64
 	woken                  atomic.Bool
+	// deadline, if not zero, is when the connection is closed unless the protocol clears
+	// it first (an HTTP/2 preface not received in time).
+	deadline atomic.Int64
 }
 
 // loopScratch is what an event loop needs to parse and answer requests, pooled.
@@ -107,15 +138,19 @@ var loopScratchPool = sync.Pool{New: func() any {
 // proxy asking, which on the same node costs more per request than the check (ADR 0015).
 func DefaultHTTPEventLoops() int { return max(1, runtime.GOMAXPROCS(0)/2) }
 
+// newLoopServer is the HTTP forward-auth server on loops event loops
+// (DefaultHTTPEventLoops when zero).
 func newLoopServer(h *httpHandler, log logr.Logger, loops int) *loopServer {
+	s := newLoops(httpProto{h}, "HTTP forward auth server", log, loops)
+	s.readTimeout, s.writeTimeout, s.idleTimeout, s.shutdownWait = httpReadTimeout, httpWriteTimeout, httpIdleTimeout, httpShutdownWait
+	return s
+}
+
+func newLoops(p loopProto, name string, log logr.Logger, loops int) *loopServer {
 	if loops <= 0 {
 		loops = DefaultHTTPEventLoops()
 	}
-	return &loopServer{
-		handler: h, log: log, loops: loops,
-		readTimeout: httpReadTimeout, writeTimeout: httpWriteTimeout, idleTimeout: httpIdleTimeout, shutdownWait: httpShutdownWait,
-		conns: map[gnet.Conn]*loopConn{},
-	}
+	return &loopServer{proto: p, name: name, log: log, loops: loops, conns: map[gnet.Conn]*loopConn{}}
 }
 
 // serve serves ln until ctx ends, then shuts down gracefully: it stops accepting, closes
@@ -126,10 +161,10 @@ func (s *loopServer) serve(ctx context.Context, ln net.Listener) error {
 	cli, err := gnet.NewClient(s, gnet.WithNumEventLoop(s.loops), gnet.WithLogger(gnetLogger{s.log.V(1)}),
 		gnet.WithReadBufferCap(httpMaxHeaderBytes), gnet.WithTCPNoDelay(gnet.TCPNoDelay))
 	if err != nil {
-		return fmt.Errorf("cannot start the HTTP event loops: %w", err)
+		return fmt.Errorf("cannot start the event loops of the %s: %w", s.name, err)
 	}
 	if err := cli.Start(); err != nil {
-		return fmt.Errorf("cannot start the HTTP event loops: %w", err)
+		return fmt.Errorf("cannot start the event loops of the %s: %w", s.name, err)
 	}
 	reaperDone := make(chan struct{})
 	stopReaper := make(chan struct{})
@@ -139,7 +174,7 @@ func (s *loopServer) serve(ctx context.Context, ln net.Listener) error {
 		<-reaperDone
 		_ = cli.Stop()
 	}()
-	err = serveUntilDone(ctx, "HTTP forward auth server", func() error { return s.accept(ln, cli) })
+	err = serveUntilDone(ctx, s.name, func() error { return s.accept(ln, cli) })
 	_ = ln.Close()
 	if err != nil {
 		return err
@@ -167,7 +202,7 @@ func (s *loopServer) accept(ln net.Listener, cli *gnet.Client) error {
 			return err
 		}
 		backoff = 0
-		st := &loopConn{trusted: s.handler.isTrusted(peerAddr(c.RemoteAddr()))}
+		st := s.proto.conn(c)
 		st.active.Store(s.now.Load())
 		// EnrollContext closes c once it holds a duplicate of its descriptor.
 		if _, err := cli.EnrollContext(c, st); err != nil {
@@ -184,6 +219,7 @@ func (s *loopServer) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	s.mu.Lock()
 	s.conns[c] = st
 	s.mu.Unlock()
+	s.open.Add(1)
 	if s.draining.Load() {
 		return nil, gnet.Close
 	}
@@ -192,8 +228,15 @@ func (s *loopServer) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 
 func (s *loopServer) OnClose(c gnet.Conn, _ error) gnet.Action {
 	s.mu.Lock()
+	_, had := s.conns[c]
 	delete(s.conns, c)
 	s.mu.Unlock()
+	if had {
+		s.open.Add(-1)
+	}
+	if st, ok := c.Context().(*loopConn); ok {
+		s.proto.closed(st)
+	}
 	return gnet.None
 }
 
@@ -204,7 +247,7 @@ func retryAccept(err error) bool {
 		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }
 
-// OnTraffic answers every complete request the connection holds, in order.
+// OnTraffic has the protocol handle what the connection holds, then looks at its limits.
 func (s *loopServer) OnTraffic(c gnet.Conn) gnet.Action {
 	st, ok := c.Context().(*loopConn)
 	if !ok {
@@ -216,19 +259,38 @@ func (s *loopServer) OnTraffic(c gnet.Conn) gnet.Action {
 	if !woken || c.InboundBuffered() > 0 {
 		st.active.Store(s.now.Load())
 	}
+	if s.proto.traffic(s, c, st) == gnet.Close {
+		return gnet.Close
+	}
+	return s.hold(c, st, woken)
+}
+
+// httpProto is HTTP/1.1 forward auth on the event loops.
+type httpProto struct{ handler *httpHandler }
+
+func (p httpProto) conn(nc net.Conn) *loopConn {
+	return &loopConn{trusted: p.handler.isTrusted(peerAddr(nc.RemoteAddr()))}
+}
+
+func (httpProto) busy(st *loopConn) bool { return st.pending }
+func (httpProto) closed(*loopConn)       {}
+func (httpProto) timedOut(c gnet.Conn)   { _, _ = c.Write(requestTimeout) }
+
+// traffic answers every complete request the connection holds, in order.
+func (p httpProto) traffic(s *loopServer, c gnet.Conn, st *loopConn) gnet.Action {
 	if st.pending {
-		return s.hold(c, st, woken)
+		return gnet.None
 	}
 	buf, _ := c.Peek(-1)
 	if len(buf) < st.need {
-		return s.hold(c, st, woken)
+		return gnet.None
 	}
 	sc := loopScratchPool.Get().(*loopScratch)
 	defer loopScratchPool.Put(sc)
 	sc.out = sc.out[:0]
 	used := 0
 	for used < len(buf) && !st.closing && !st.pending {
-		n, ok := s.request(c, st, sc, buf[used:])
+		n, ok := p.request(s, c, st, sc, buf[used:])
 		if !ok {
 			break
 		}
@@ -249,7 +311,7 @@ func (s *loopServer) OnTraffic(c gnet.Conn) gnet.Action {
 	if st.closing && !st.pending || s.draining.Load() && !st.pending && c.InboundBuffered() == 0 {
 		return gnet.Close
 	}
-	return s.hold(c, st, woken)
+	return gnet.None
 }
 
 // hold notes what the connection holds for the reaper, and closes one past its limits;
@@ -271,12 +333,14 @@ func (s *loopServer) hold(c gnet.Conn, st *loopConn, woken bool) gnet.Action {
 	case st.stuck.Load() == 0:
 		st.stuck.Store(now)
 	}
-	if !woken || st.pending {
+	if !woken || s.proto.busy(st) {
 		return gnet.None
 	}
-	switch {
+	switch d := st.deadline.Load(); {
+	case d != 0 && now > d:
+		return gnet.Close
 	case in > 0 && now-st.partial.Load() > int64(s.readTimeout):
-		_, _ = c.Write(requestTimeout)
+		s.proto.timedOut(c)
 		return gnet.Close
 	case out > 0 && now-st.stuck.Load() > int64(s.writeTimeout),
 		in == 0 && out == 0 && now-st.active.Load() > int64(s.idleTimeout):
@@ -287,7 +351,7 @@ func (s *loopServer) hold(c gnet.Conn, st *loopConn, woken bool) gnet.Action {
 
 // request reads the request at the start of buf and answers it into sc.out, or runs its
 // check on a goroutine. ok is false when buf holds only part of it; n is its length.
-func (s *loopServer) request(c gnet.Conn, st *loopConn, sc *loopScratch, buf []byte) (n int, ok bool) {
+func (p httpProto) request(s *loopServer, c gnet.Conn, st *loopConn, sc *loopScratch, buf []byte) (n int, ok bool) {
 	defer func() {
 		if p := recover(); p != nil {
 			s.log.Error(nil, "Panic in the HTTP front end", "panic", p)
@@ -343,10 +407,10 @@ func (s *loopServer) request(c gnet.Conn, st *loopConn, sc *loopScratch, buf []b
 		sc.status(http.StatusNotFound, st.closing)
 		return n, true
 	}
-	d, decided := s.handler.checker.tryCheck(&sc.nw, r)
+	d, decided := p.handler.checker.tryCheck(&sc.nw, r)
 	if !decided {
 		st.pending = true
-		go s.checkAsync(c, st, r, st.closing, sc.http10)
+		go p.checkAsync(s, c, st, r, st.closing, sc.http10)
 		return n, true
 	}
 	sc.decision(&d, st.closing)
@@ -355,8 +419,8 @@ func (s *loopServer) request(c gnet.Conn, st *loopConn, sc *loopScratch, buf []b
 
 // checkAsync decides a check that may wait, on its own goroutine, and answers it through
 // the connection's event loop, which then reads the connection's next request.
-func (s *loopServer) checkAsync(c gnet.Conn, st *loopConn, r Request, closing, http10 bool) {
-	d := s.handler.checker.Check(context.Background(), r)
+func (p httpProto) checkAsync(s *loopServer, c gnet.Conn, st *loopConn, r Request, closing, http10 bool) {
+	d := p.handler.checker.Check(context.Background(), r)
 	sc := loopScratchPool.Get().(*loopScratch)
 	sc.out, sc.http10 = sc.out[:0], http10
 	sc.decision(&d, closing || s.draining.Load())
@@ -447,9 +511,9 @@ func (s *loopServer) reap(stop <-chan struct{}) {
 			due = due[:0]
 			s.mu.Lock()
 			for c, st := range s.conns {
-				partial, stuck := st.partial.Load(), st.stuck.Load()
+				partial, stuck, deadline := st.partial.Load(), st.stuck.Load(), st.deadline.Load()
 				if partial != 0 && now-partial > int64(s.readTimeout) || stuck != 0 && now-stuck > int64(s.writeTimeout) ||
-					now-st.active.Load() > int64(s.idleTimeout) {
+					now-st.active.Load() > int64(s.idleTimeout) || deadline != 0 && now > deadline {
 					st.woken.Store(true)
 					due = append(due, c)
 				}

@@ -50,9 +50,9 @@ type Options struct {
 	// HTTPTransport is the HTTP server: HTTPTransportKeyward (default; event loops, plain
 	// TCP only) or HTTPTransportFastHTTP, which also serves HTTPTLS.
 	HTTPTransport string
-	// HTTPEventLoops is the number of event loops of HTTPTransportKeyward;
-	// DefaultHTTPEventLoops() when zero.
-	HTTPEventLoops int
+	// EventLoops is the number of event loops of each keyward transport on plain TCP (HTTP
+	// and gRPC); DefaultHTTPEventLoops() when zero.
+	EventLoops int
 	// HTTPTLS and GRPCTLS, when set, make the HTTP and gRPC listeners serve TLS with these
 	// configurations (tlsreload.Source.ServerConfig: reloaded certificates, TLS 1.2 at least,
 	// client certificates for mutual TLS). The gRPC one must offer ALPN "h2".
@@ -191,12 +191,12 @@ func Setup(ctx context.Context, mgr ctrl.Manager, o Options) error {
 	}
 	if o.AuthzAddr != "" {
 		h := &httpHandler{checker: v.Checker, trusted: o.TrustedProxies, log: log}
-		if err := mgr.Add(&httpServer{addr: o.AuthzAddr, handler: h, log: log, ready: listening("http"), waitFor: v.synced, wrap: tlsListener(o.HTTPTLS), transport: o.HTTPTransport, eventLoops: o.HTTPEventLoops}); err != nil {
+		if err := mgr.Add(&httpServer{addr: o.AuthzAddr, handler: h, log: log, ready: listening("http"), waitFor: v.synced, wrap: tlsListener(o.HTTPTLS), transport: o.HTTPTransport, eventLoops: o.EventLoops}); err != nil {
 			return fmt.Errorf("cannot add HTTP forward auth server: %w", err)
 		}
 	}
 	if o.GRPCAddr != "" {
-		if err := mgr.Add(&grpcServer{addr: o.GRPCAddr, checker: v.Checker, log: log, ready: listening("grpc"), waitFor: v.synced, wrap: tlsListener(o.GRPCTLS), transport: o.GRPCTransport}); err != nil {
+		if err := mgr.Add(&grpcServer{addr: o.GRPCAddr, checker: v.Checker, log: log, ready: listening("grpc"), waitFor: v.synced, wrap: tlsListener(o.GRPCTLS), transport: o.GRPCTransport, eventLoops: o.EventLoops}); err != nil {
 			return fmt.Errorf("cannot add gRPC authorization server: %w", err)
 		}
 	}
