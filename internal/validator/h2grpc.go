@@ -99,29 +99,13 @@ func newH2Server(checker *Checker, log logr.Logger) *h2Server {
 
 // Serve accepts connections on ln until ln is closed.
 func (s *h2Server) Serve(ln net.Listener) error {
-	var backoff time.Duration
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			s.mu.Lock()
-			down := s.shutdown
-			s.mu.Unlock()
-			if down || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			// E.g. too many open files: wait and go on, as net/http does.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.Error(err, "Cannot accept a gRPC connection", "retryIn", backoff.String())
-			time.Sleep(backoff)
-			continue
-		}
-		backoff = 0
+	return acceptEach(ln, s.log, func(nc net.Conn) {
 		c := newH2Conn(s, nc, nc.RemoteAddr())
 		s.mu.Lock()
 		if s.shutdown {
 			s.mu.Unlock()
 			_ = nc.Close()
-			continue
+			return
 		}
 		s.conns[c] = struct{}{}
 		s.wg.Add(1)
@@ -133,7 +117,7 @@ func (s *h2Server) Serve(ln net.Listener) error {
 			delete(s.conns, c)
 			s.mu.Unlock()
 		}()
-	}
+	})
 }
 
 // Shutdown stops the server gracefully: health checks answer NOT_SERVING, every

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -65,7 +64,7 @@ type loopServer struct {
 
 	mu    sync.Mutex
 	conns map[gnet.Conn]*loopConn
-	// open counts conns, without the lock.
+	// open is len(conns), read without the lock.
 	open atomic.Int32
 }
 
@@ -185,30 +184,14 @@ func (s *loopServer) serve(ctx context.Context, ln net.Listener) error {
 
 // accept hands every accepted connection to an event loop.
 func (s *loopServer) accept(ln net.Listener, cli *gnet.Client) error {
-	var backoff time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			if retryAccept(err) {
-				// Out of file descriptors and the like: wait, as net/http does.
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.V(1).Info("Cannot accept a connection", "error", err.Error(), "retryIn", backoff)
-				time.Sleep(backoff)
-				continue
-			}
-			return err
-		}
-		backoff = 0
+	return acceptEach(ln, s.log, func(c net.Conn) {
 		st := s.proto.conn(c)
 		st.active.Store(s.now.Load())
 		// EnrollContext closes c once it holds a duplicate of its descriptor.
 		if _, err := cli.EnrollContext(c, st); err != nil {
 			s.log.V(1).Info("Cannot serve a connection", "error", err.Error())
 		}
-	}
+	})
 }
 
 func (s *loopServer) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
@@ -218,8 +201,8 @@ func (s *loopServer) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 	}
 	s.mu.Lock()
 	s.conns[c] = st
+	s.open.Store(int32(len(s.conns))) //nolint:gosec // connections, far below 2^31
 	s.mu.Unlock()
-	s.open.Add(1)
 	if s.draining.Load() {
 		return nil, gnet.Close
 	}
@@ -228,23 +211,13 @@ func (s *loopServer) OnOpen(c gnet.Conn) ([]byte, gnet.Action) {
 
 func (s *loopServer) OnClose(c gnet.Conn, _ error) gnet.Action {
 	s.mu.Lock()
-	_, had := s.conns[c]
 	delete(s.conns, c)
+	s.open.Store(int32(len(s.conns))) //nolint:gosec // connections, far below 2^31
 	s.mu.Unlock()
-	if had {
-		s.open.Add(-1)
-	}
 	if st, ok := c.Context().(*loopConn); ok {
 		s.proto.closed(st)
 	}
 	return gnet.None
-}
-
-// retryAccept reports whether an Accept error passes (out of file descriptors and the like).
-func retryAccept(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
-		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }
 
 // OnTraffic has the protocol handle what the connection holds, then looks at its limits.
@@ -355,8 +328,7 @@ func (p httpProto) request(s *loopServer, c gnet.Conn, st *loopConn, sc *loopScr
 	defer func() {
 		if p := recover(); p != nil {
 			s.log.Error(nil, "Panic in the HTTP front end", "panic", p)
-			sc.resp.Reset()
-			sc.resp.Header.SetNoDefaultContentType(true)
+			sc.reset()
 			writeDecision(&sc.resp, &Decision{Status: http.StatusUnauthorized})
 			st.closing = true
 			sc.answer(true)
@@ -439,18 +411,23 @@ func (p httpProto) checkAsync(s *loopServer, c gnet.Conn, st *loopConn, r Reques
 	}
 }
 
-// decision appends the answer of a decision.
-func (sc *loopScratch) decision(d *Decision, closing bool) {
+// reset empties the answer being built: no default Content-Type, as fasthttp's server is
+// configured (NoDefaultContentType).
+func (sc *loopScratch) reset() {
 	sc.resp.Reset()
 	sc.resp.Header.SetNoDefaultContentType(true)
+}
+
+// decision appends the answer of a decision.
+func (sc *loopScratch) decision(d *Decision, closing bool) {
+	sc.reset()
 	writeDecision(&sc.resp, d)
 	sc.answer(closing)
 }
 
 // status appends an answer with a status and no body.
 func (sc *loopScratch) status(code int, closing bool) {
-	sc.resp.Reset()
-	sc.resp.Header.SetNoDefaultContentType(true)
+	sc.reset()
 	sc.resp.SetStatusCode(code)
 	sc.answer(closing)
 }

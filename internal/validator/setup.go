@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -268,6 +269,37 @@ func listen(addr string, wrap func(net.Listener) net.Listener, ready func(net.Ad
 		ready(ln.Addr())
 	}
 	return ln, nil
+}
+
+// acceptEach hands every connection accepted on ln to serve, until ln is closed (nil). An
+// error that passes (out of file descriptors and the like) is retried after a pause, as
+// net/http does; another one is returned.
+func acceptEach(ln net.Listener, log logr.Logger, serve func(net.Conn)) error {
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			if !retryAccept(err) {
+				return err
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			log.Error(err, "Cannot accept a connection", "address", ln.Addr().String(), "retryIn", backoff.String())
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		serve(c)
+	}
+}
+
+// retryAccept reports whether an Accept error passes (out of file descriptors and the like).
+func retryAccept(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }
 
 // serveUntilDone runs serve on a goroutine until ctx ends (nil) or serve returns first
